@@ -1,0 +1,566 @@
+//! The storage engine of one core: its topics and its write-ahead log.
+//!
+//! A `Shard` is single-threaded (it lives on one glommio executor) and lock-free: topics sit
+//! in a `RefCell`'d map that is never borrowed across an `.await`.
+
+use crate::config::{Durability, TopicConfig};
+use crate::event::Event;
+use crate::mesh::*;
+use crate::ops::Op;
+use crate::topic::{LossReason, Topic};
+use crate::wal::{self, ReplayProgress, Wal, WalError};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub struct ShardOptions {
+    pub id: usize,
+    pub dir: PathBuf,
+    pub sync_interval: Duration,
+    pub auto_create: bool,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Seqs reserved ahead of the head of a non-`fsync` topic, so that seqs acknowledged before a
+/// crash are never handed out again even if their frames never reached the disk.
+const RESERVE_AHEAD: u64 = 1000;
+
+pub struct Shard {
+    pub opts: ShardOptions,
+    topics: RefCell<BTreeMap<String, Topic>>,
+    /// LSN of the latest reservation frame per topic, keyed like `topics`.
+    reserve_lsn: RefCell<BTreeMap<String, u64>>,
+    pub wal: Rc<Wal>,
+    scratch: RefCell<Vec<u8>>,
+    ready: Cell<bool>,
+}
+
+fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
+    match op {
+        Op::Config { topic, config } => match topics.get_mut(&topic) {
+            Some(t) => {
+                t.config = config;
+                t.enforce_caps();
+            }
+            None => {
+                topics.insert(topic, Topic::new(config, now));
+            }
+        },
+        Op::Append {
+            topic,
+            first_seq,
+            ts,
+            idem_key,
+            records,
+        } => {
+            if let Some(t) = topics.get_mut(&topic) {
+                t.apply_append(first_seq, ts, idem_key.as_deref(), records);
+            }
+        }
+        Op::Skipped {
+            topic,
+            first_seq,
+            count,
+            ts,
+            idem_key,
+        } => {
+            if let Some(t) = topics.get_mut(&topic) {
+                t.apply_skipped(first_seq, count, ts, idem_key.as_deref());
+            }
+        }
+        Op::Reserve { topic, upto } => {
+            if let Some(t) = topics.get_mut(&topic) {
+                t.reserved_seq = t.reserved_seq.max(upto);
+            }
+        }
+        Op::Delete {
+            topic,
+            before_seq,
+            matcher,
+            upto_seq,
+        } => {
+            if let Some(t) = topics.get_mut(&topic) {
+                t.delete_records(before_seq, matcher.as_ref(), upto_seq);
+            }
+        }
+        Op::Drop { topic } => {
+            if let Some(t) = topics.remove(&topic) {
+                t.changed.notify_all();
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Replays this shard's WAL and opens it for writing.
+    pub async fn open(opts: ShardOptions, progress: &ReplayProgress) -> Result<Rc<Shard>, WalError> {
+        let mut topics = BTreeMap::new();
+        let now = now_ms();
+        let mut undecodable = 0u64;
+        let wal = wal::open(&opts.dir, opts.sync_interval, progress, |kind, body| {
+            match Op::decode(kind, body) {
+                Some(op) => apply(&mut topics, op, now),
+                None => undecodable += 1,
+            }
+        })
+        .await?;
+        if undecodable > 0 {
+            log::error!(
+                "shard {}: {undecodable} WAL frames had a valid checksum but could not be decoded",
+                opts.id
+            );
+        }
+        for t in topics.values_mut() {
+            let durability = t.config.durability;
+            if durability != Durability::Fsync && t.reserved_seq > t.head_seq {
+                // Seqs up to the reservation may have been acknowledged by the previous run.
+                t.head_seq = t.reserved_seq;
+            }
+            t.visible_seq = t.head_seq;
+            if durability == Durability::Ephemeral {
+                t.lose_through_head(LossReason::Restart);
+            }
+        }
+        log::info!(
+            "shard {}: recovered {} topics from {}",
+            opts.id,
+            topics.len(),
+            opts.dir.display()
+        );
+        Ok(Rc::new(Shard {
+            opts,
+            topics: RefCell::new(topics),
+            reserve_lsn: RefCell::new(BTreeMap::new()),
+            wal,
+            scratch: RefCell::new(Vec::with_capacity(64 << 10)),
+            ready: Cell::new(true),
+        }))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.get()
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.borrow().len()
+    }
+
+    /// Encodes `op` into a WAL frame and queues it; returns its LSN.
+    fn log(&self, op: &Op, urgent: bool) -> u64 {
+        let mut buf = self.scratch.borrow_mut();
+        buf.clear();
+        op.encode(&mut buf);
+        let lsn = self.wal.append(op.kind(), &buf, urgent);
+        if buf.capacity() > (1 << 20) {
+            *buf = Vec::with_capacity(64 << 10);
+        }
+        lsn
+    }
+
+    async fn durable(&self, lsn: u64) -> Result<(), ShardError> {
+        self.wal
+            .wait_durable(lsn)
+            .await
+            .map_err(|e| ShardError::Storage(e.0))
+    }
+
+    fn check_writable(&self) -> Result<(), ShardError> {
+        match self.wal.failed() {
+            Some(e) => Err(ShardError::Storage(e.0)),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn execute(&self, cmd: Command) -> Reply {
+        let r = match cmd {
+            Command::PutTopic { topic, patch } => self.put_topic(topic, patch).await,
+            Command::GetTopic { topic, touch } => self.get_topic(&topic, touch),
+            Command::ListTopics {
+                prefix,
+                after,
+                limit,
+            } => Ok(self.list_topics(&prefix, after.as_deref(), limit)),
+            Command::DeleteTopic { topic, if_empty } => self.delete_topic(topic, if_empty).await,
+            Command::Append(a) => self.append(a).await,
+            Command::Diff(d) => self.diff(d).await,
+            Command::DeleteRecords {
+                topic,
+                before_seq,
+                matcher,
+            } => self.delete_records(topic, before_seq, matcher).await,
+        };
+        r.unwrap_or_else(Reply::Err)
+    }
+
+    async fn put_topic(
+        &self,
+        topic: String,
+        patch: crate::config::ConfigPatch,
+    ) -> Result<Reply, ShardError> {
+        let t0 = Instant::now();
+        let (created, config, lsn) = {
+            let mut topics = self.topics.borrow_mut();
+            let existing = topics.get(&topic).map(|t| t.config.clone());
+            let (created, config) = match existing {
+                Some(cur) => {
+                    let new = patch.apply(&cur);
+                    if new.topic_type != cur.topic_type {
+                        return Err(ShardError::TopicExistsIncompatible {
+                            current: cur.topic_type,
+                        });
+                    }
+                    if new == cur {
+                        return Ok(Reply::Put(PutReply {
+                            created: false,
+                            config: new,
+                            timings: Timings::default(),
+                        }));
+                    }
+                    (false, new)
+                }
+                None => (
+                    true,
+                    patch.apply(&TopicConfig::defaults(self.opts.auto_create)),
+                ),
+            };
+            self.check_writable()?;
+            let op = Op::Config {
+                topic,
+                config: config.clone(),
+            };
+            let lsn = self.log(&op, true);
+            apply(&mut topics, op, now_ms());
+            (created, config, lsn)
+        };
+        let wal_append_ms = ms(t0.elapsed());
+        let t1 = Instant::now();
+        self.durable(lsn).await?;
+        Ok(Reply::Put(PutReply {
+            created,
+            config,
+            timings: Timings {
+                wal_append_ms,
+                fsync_ms: ms(t1.elapsed()),
+            },
+        }))
+    }
+
+    fn get_topic(&self, topic: &str, touch: bool) -> Result<Reply, ShardError> {
+        let mut topics = self.topics.borrow_mut();
+        let t = topics.get_mut(topic).ok_or(ShardError::TopicNotFound)?;
+        if touch {
+            t.last_read_ts = now_ms();
+        }
+        Ok(Reply::Info(Box::new(TopicInfo {
+            config: t.config.clone(),
+            head_seq: t.visible_seq,
+            earliest_seq: t.earliest_seq().min(t.visible_seq + 1),
+            count: t.count,
+            bytes: t.bytes,
+            last_write_ts: t.last_write_ts,
+            last_read_ts: t.last_read_ts,
+            effective_priority: t.config.priority.unwrap_or(0),
+        })))
+    }
+
+    fn list_topics(&self, prefix: &str, after: Option<&str>, limit: usize) -> Reply {
+        let topics = self.topics.borrow();
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_owned()),
+            _ => Bound::Included(prefix.to_owned()),
+        };
+        let out = topics
+            .range((start, Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .take(limit)
+            .map(|(name, t)| TopicSummary {
+                topic: name.clone(),
+                head_seq: t.visible_seq,
+                earliest_seq: t.earliest_seq().min(t.visible_seq + 1),
+                count: t.count,
+                bytes: t.bytes,
+                durable: t.config.durable(),
+                effective_priority: t.config.priority.unwrap_or(0),
+            })
+            .collect();
+        Reply::List(out)
+    }
+
+    async fn delete_topic(&self, topic: String, if_empty: bool) -> Result<Reply, ShardError> {
+        let lsn = {
+            let mut topics = self.topics.borrow_mut();
+            let Some(t) = topics.get(&topic) else {
+                return Ok(Reply::DeletedTopic { deleted: false });
+            };
+            if if_empty && t.count > 0 {
+                return Err(ShardError::TopicNotEmpty { count: t.count });
+            }
+            self.check_writable()?;
+            let op = Op::Drop {
+                topic: topic.clone(),
+            };
+            let lsn = self.log(&op, true);
+            apply(&mut topics, op, now_ms());
+            self.reserve_lsn.borrow_mut().remove(&topic);
+            lsn
+        };
+        self.durable(lsn).await?;
+        Ok(Reply::DeletedTopic { deleted: true })
+    }
+
+    async fn append(&self, cmd: AppendCmd) -> Result<Reply, ShardError> {
+        let t0 = Instant::now();
+        let now = now_ms();
+        let AppendCmd {
+            topic,
+            records,
+            idempotency_key,
+            create,
+            config,
+        } = cmd;
+        let n = records.len() as u64;
+        let (reply, wait_lsn, durability, changed) = {
+            let mut topics = self.topics.borrow_mut();
+            let mut created = false;
+            if !topics.contains_key(&topic) {
+                if !create.unwrap_or(self.opts.auto_create) {
+                    return Err(ShardError::TopicNotFound);
+                }
+                self.check_writable()?;
+                let base = TopicConfig::defaults(self.opts.auto_create);
+                let config = config.map(|p| p.apply(&base)).unwrap_or(base);
+                let op = Op::Config {
+                    topic: topic.clone(),
+                    config,
+                };
+                self.log(&op, false);
+                apply(&mut topics, op, now);
+                created = true;
+            }
+            let t = topics.get_mut(&topic).ok_or(ShardError::TopicNotFound)?;
+            if let Some(key) = idempotency_key.as_deref() {
+                if let Some(e) = t.idem_lookup(key, now) {
+                    return Ok(Reply::Appended(AppendReply {
+                        created: false,
+                        deduped: true,
+                        first_seq: e.first_seq,
+                        last_seq: e.last_seq,
+                        head_seq: t.visible_seq,
+                        timings: Timings::default(),
+                    }));
+                }
+            }
+            let bytes: u64 = records.iter().map(|r| r.size()).sum();
+            if t.would_reject(n, bytes) {
+                return Err(ShardError::TopicFull {
+                    cap_records: t.config.cap_records,
+                    cap_bytes: t.config.cap_bytes,
+                });
+            }
+            self.check_writable()?;
+            let first_seq = t.head_seq + 1;
+            let last_seq = t.head_seq + n;
+            let ts = now.max(t.last_ts);
+            let durability = t.config.durability;
+            let wait_lsn = if durability == Durability::Ephemeral {
+                let op = Op::Skipped {
+                    topic: topic.clone(),
+                    first_seq,
+                    count: n,
+                    ts,
+                    idem_key: idempotency_key.clone(),
+                };
+                let lsn = self.log(&op, false);
+                t.apply_append(first_seq, ts, idempotency_key.as_deref(), records);
+                lsn
+            } else {
+                let op = Op::Append {
+                    topic: topic.clone(),
+                    first_seq,
+                    ts,
+                    idem_key: idempotency_key,
+                    records,
+                };
+                let lsn = self.log(&op, durability == Durability::Fsync);
+                if let Op::Append {
+                    idem_key, records, ..
+                } = op
+                {
+                    t.apply_append(first_seq, ts, idem_key.as_deref(), records);
+                }
+                lsn
+            };
+            let wait_lsn = if durability == Durability::Fsync {
+                Some(wait_lsn)
+            } else {
+                let mut reserve = self.reserve_lsn.borrow_mut();
+                if last_seq > t.reserved_seq {
+                    let upto = last_seq + RESERVE_AHEAD.max(2 * n);
+                    let op = Op::Reserve {
+                        topic: topic.clone(),
+                        upto,
+                    };
+                    let lsn = self.log(&op, true);
+                    t.reserved_seq = upto;
+                    reserve.insert(topic.clone(), lsn);
+                }
+                t.visible_seq = t.head_seq;
+                reserve
+                    .get(&topic)
+                    .copied()
+                    .filter(|l| *l > self.wal.durable_lsn())
+            };
+            let reply = AppendReply {
+                created,
+                deduped: false,
+                first_seq,
+                last_seq,
+                head_seq: t.visible_seq,
+                timings: Timings::default(),
+            };
+            (reply, wait_lsn, durability, t.changed.clone())
+        };
+        if durability != Durability::Fsync {
+            changed.notify_all();
+        }
+        let mut reply = reply;
+        reply.timings.wal_append_ms = ms(t0.elapsed());
+        if let Some(lsn) = wait_lsn {
+            let t1 = Instant::now();
+            self.durable(lsn).await?;
+            if durability == Durability::Fsync {
+                reply.timings.fsync_ms = ms(t1.elapsed());
+                let mut topics = self.topics.borrow_mut();
+                if let Some(t) = topics.get_mut(&topic) {
+                    if t.head_seq >= reply.last_seq && t.visible_seq < reply.last_seq {
+                        t.visible_seq = reply.last_seq;
+                    }
+                    reply.head_seq = t.visible_seq.max(reply.last_seq);
+                }
+                drop(topics);
+                changed.notify_all();
+            }
+        }
+        Ok(Reply::Appended(reply))
+    }
+
+    async fn diff(&self, cmd: DiffCmd) -> Result<Reply, ShardError> {
+        let deadline = Instant::now() + Duration::from_millis(cmd.wait_ms);
+        loop {
+            let changed: Rc<Event> = {
+                let mut topics = self.topics.borrow_mut();
+                let t = topics.get_mut(&cmd.topic).ok_or(ShardError::TopicNotFound)?;
+                t.last_read_ts = now_ms();
+                let head = t.visible_seq;
+                let earliest = t.earliest_seq().min(head + 1);
+                let (from, tombstone) = if cmd.from_seq > head {
+                    let gap_to = if t.evict_floor > 1 { earliest - 1 } else { 0 };
+                    let tomb = Tombstone {
+                        gap_from: 1,
+                        gap_to,
+                        reason: "recreated",
+                        missed_estimate: gap_to,
+                    };
+                    (0, Some(tomb))
+                } else if t.evict_floor > cmd.from_seq + 1 {
+                    let gap_from = cmd.from_seq + 1;
+                    let gap_to = earliest - 1;
+                    let tomb = Tombstone {
+                        gap_from,
+                        gap_to,
+                        reason: t.evict_reason.unwrap_or(LossReason::Cap).as_str(),
+                        missed_estimate: (gap_to + 1).saturating_sub(gap_from),
+                    };
+                    (cmd.from_seq, Some(tomb))
+                } else {
+                    (cmd.from_seq, None)
+                };
+                let nodes: &[String] = if t.config.dedupe_node { &cmd.nodes } else { &[] };
+                let r = t.read(from, cmd.limit, nodes);
+                let caught_up = r.next_from_seq >= head;
+                if !r.records.is_empty()
+                    || tombstone.is_some()
+                    || !caught_up
+                    || Instant::now() >= deadline
+                {
+                    return Ok(Reply::Diff(DiffReply {
+                        records: r.records,
+                        next_from_seq: r.next_from_seq,
+                        head_seq: head,
+                        earliest_seq: earliest,
+                        tombstone,
+                        scanned: r.scanned,
+                        dedupe_node: t.config.dedupe_node,
+                    }));
+                }
+                t.changed.clone()
+            };
+            let listener = changed.listen();
+            let timeout = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
+            futures_lite::future::or(listener, async {
+                timeout.await;
+            })
+            .await;
+        }
+    }
+
+    async fn delete_records(
+        &self,
+        topic: String,
+        before_seq: Option<u64>,
+        matcher: Option<crate::topic::TagMatch>,
+    ) -> Result<Reply, ShardError> {
+        let t0 = Instant::now();
+        let (mut reply, wait) = {
+            let mut topics = self.topics.borrow_mut();
+            let t = topics.get_mut(&topic).ok_or(ShardError::TopicNotFound)?;
+            self.check_writable()?;
+            let durable = t.config.durability == Durability::Fsync;
+            let op = Op::Delete {
+                topic: topic.clone(),
+                before_seq,
+                matcher,
+                upto_seq: t.head_seq,
+            };
+            let lsn = self.log(&op, durable);
+            let deleted = match op {
+                Op::Delete {
+                    before_seq,
+                    matcher,
+                    upto_seq,
+                    ..
+                } => t.delete_records(before_seq, matcher.as_ref(), upto_seq),
+                _ => 0,
+            };
+            let reply = DeleteReply {
+                deleted,
+                earliest_seq: t.earliest_seq().min(t.visible_seq + 1),
+                head_seq: t.visible_seq,
+                count: t.count,
+                bytes: t.bytes,
+                timings: Timings::default(),
+            };
+            (reply, durable.then_some(lsn))
+        };
+        reply.timings.wal_append_ms = ms(t0.elapsed());
+        if let Some(lsn) = wait {
+            let t1 = Instant::now();
+            self.durable(lsn).await?;
+            reply.timings.fsync_ms = ms(t1.elapsed());
+        }
+        Ok(Reply::DeletedRecords(reply))
+    }
+}
