@@ -21,6 +21,8 @@ pub struct ShardOptions {
     pub dir: PathBuf,
     pub sync_interval: Duration,
     pub auto_create: bool,
+    /// Number of topics on this shard, kept current for readiness and metrics.
+    pub topic_gauge: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub fn now_ms() -> u64 {
@@ -140,6 +142,8 @@ impl Shard {
             topics.len(),
             opts.dir.display()
         );
+        opts.topic_gauge
+            .store(topics.len(), std::sync::atomic::Ordering::Relaxed);
         Ok(Rc::new(Shard {
             opts,
             topics: RefCell::new(topics),
@@ -156,6 +160,12 @@ impl Shard {
 
     pub fn topic_count(&self) -> usize {
         self.topics.borrow().len()
+    }
+
+    fn update_gauge(&self, topics: &BTreeMap<String, Topic>) {
+        self.opts
+            .topic_gauge
+            .store(topics.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Encodes `op` into a WAL frame and queues it; returns its LSN.
@@ -243,6 +253,7 @@ impl Shard {
             };
             let lsn = self.log(&op, true);
             apply(&mut topics, op, now_ms());
+            self.update_gauge(&topics);
             (created, config, lsn)
         };
         let wal_append_ms = ms(t0.elapsed());
@@ -314,6 +325,7 @@ impl Shard {
             };
             let lsn = self.log(&op, true);
             apply(&mut topics, op, now_ms());
+            self.update_gauge(&topics);
             self.reserve_lsn.borrow_mut().remove(&topic);
             lsn
         };
@@ -348,6 +360,7 @@ impl Shard {
                 };
                 self.log(&op, false);
                 apply(&mut topics, op, now);
+                self.update_gauge(&topics);
                 created = true;
             }
             let t = topics.get_mut(&topic).ok_or(ShardError::TopicNotFound)?;

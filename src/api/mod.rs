@@ -1,0 +1,232 @@
+//! The /v0 API: path -> handler table, request validation, and the translation between HTTP
+//! requests and shard commands. No storage details here: handlers build a
+//! [`shards::Command`], send it to the owning shard and shape its [`shards::Reply`].
+
+mod errors;
+pub mod json;
+mod ops;
+mod records;
+mod topics;
+
+use crate::http::{Handler, Request, Response};
+use crate::runtime::Node;
+pub use errors::ApiError;
+use json::Obj;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Instant;
+
+pub struct Api {
+    node: Rc<Node>,
+}
+
+pub type ApiResult = Result<Response, ApiError>;
+
+/// Timing and storage figures for the `performance` block of a response.
+#[derive(Default, Clone, Copy)]
+pub struct Perf {
+    pub wal_append_ms: Option<f64>,
+    pub fsync_ms: Option<f64>,
+    pub records_scanned: Option<u64>,
+}
+
+impl Perf {
+    pub fn write(&self, o: &mut Obj<'_>, start: Instant) {
+        let out = o.key("performance");
+        let mut p = Obj::new(out);
+        p.f64("server_total_ms", start.elapsed().as_secs_f64() * 1000.0);
+        if let Some(v) = self.wal_append_ms {
+            p.f64("wal_append_ms", v);
+        }
+        if let Some(v) = self.fsync_ms {
+            p.f64("fsync_ms", v);
+        }
+        if let Some(v) = self.records_scanned {
+            p.u64("records_scanned", v);
+        }
+        p.end();
+    }
+}
+
+pub fn json_response(status: u16, body: Vec<u8>) -> Response {
+    Response {
+        status,
+        content_type: "application/json",
+        headers: Vec::new(),
+        body,
+    }
+}
+
+/// `^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$`
+pub fn valid_topic_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 255
+        && b[0].is_ascii_alphanumeric()
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+}
+
+pub fn check_topic_name(name: &str) -> Result<(), ApiError> {
+    if valid_topic_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "invalid topic name {:?}: 1-255 bytes of [A-Za-z0-9._:-], starting with a letter or digit",
+            truncate(name, 300)
+        ))
+        .detail(serde_json::json!({ "topic": truncate(name, 300) })))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn allow(req: &Request, methods: &'static str) -> Result<(), ApiError> {
+    if methods.split(", ").any(|m| m == req.method) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("{} is not allowed on {}", req.method, req.path),
+        )
+        .header("allow", methods.to_string()))
+    }
+}
+
+/// A body must be declared JSON; an empty body stands for `{}`.
+pub fn json_body(req: &Request) -> Result<&[u8], ApiError> {
+    if req.body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(b"{}");
+    }
+    let ct = req.header("content-type").unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        let msg = if ct.is_empty() {
+            "request body needs Content-Type: application/json".to_string()
+        } else {
+            format!("Content-Type {ct:?} is not application/json")
+        };
+        return Err(ApiError::new(415, "unsupported_media_type", msg));
+    }
+    Ok(&req.body)
+}
+
+/// Parses a JSON body into `T`; any syntax or type error is `400 invalid_request`.
+pub fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+}
+
+pub fn query_bool(req: &Request, name: &str, default: bool) -> Result<bool, ApiError> {
+    match req.query_param(name).as_deref() {
+        None => Ok(default),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(v) => Err(ApiError::invalid(format!(
+            "query parameter {name} must be true or false, not {v:?}"
+        ))),
+    }
+}
+
+impl Api {
+    pub fn new(node: Rc<Node>) -> Self {
+        Api { node }
+    }
+
+    fn require_ready(&self) -> Result<(), ApiError> {
+        if self.node.global.ready() {
+            Ok(())
+        } else {
+            Err(ApiError::not_ready(self.node.global.replay_progress()))
+        }
+    }
+
+    async fn route(&self, req: Request, start: Instant) -> ApiResult {
+        let path = req.path.as_str();
+        match path {
+            "/v0/health" | "/healthz" => {
+                allow(&req, "GET")?;
+                Ok(ops::health(&self.node))
+            }
+            "/v0/ready" | "/readyz" => {
+                allow(&req, "GET")?;
+                ops::ready(&self.node).await
+            }
+            "/v0/topics" => {
+                allow(&req, "GET")?;
+                self.require_ready()?;
+                topics::list(self, &req, start).await
+            }
+            _ => {
+                let Some(rest) = path.strip_prefix("/v0/topics/") else {
+                    return Err(ApiError::route_not_found(path));
+                };
+                let (name, action) = match rest.split_once('/') {
+                    Some((n, a)) => (n, Some(a)),
+                    None => (rest, None),
+                };
+                if name.is_empty() {
+                    return Err(ApiError::route_not_found(path));
+                }
+                match action {
+                    None => allow(&req, "GET, PUT, POST, DELETE")?,
+                    Some("diff") | Some("delete") => allow(&req, "POST")?,
+                    Some(_) => return Err(ApiError::route_not_found(path)),
+                }
+                self.require_ready()?;
+                check_topic_name(name)?;
+                let name = name.to_string();
+                match (action, req.method.as_str()) {
+                    (None, "GET") => topics::get(self, name, &req, start).await,
+                    (None, "PUT") => topics::put(self, name, &req, start).await,
+                    (None, "DELETE") => topics::delete(self, name, &req, start).await,
+                    (None, _) => records::append(self, name, &req, start).await,
+                    (Some("diff"), _) => records::diff(self, name, &req, start).await,
+                    _ => records::delete(self, name, &req, start).await,
+                }
+            }
+        }
+    }
+}
+
+impl Handler for Api {
+    fn handle(&self, req: Request) -> Pin<Box<dyn Future<Output = Response> + '_>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            match self.route(req, start).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(start),
+            }
+        })
+    }
+
+    fn error(&self, status: u16, code: &'static str, message: String) -> Response {
+        ApiError::new(status, code, message).into_response(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        for ok in ["a", "orders", "orders:tenantA", "a.b_c-d", &"x".repeat(255)] {
+            assert!(valid_topic_name(ok), "{ok}");
+        }
+        for bad in ["", ".a", "-a", "a b", "a/b", "é", &"x".repeat(256), "a>b"] {
+            assert!(!valid_topic_name(bad), "{bad}");
+        }
+    }
+}

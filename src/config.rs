@@ -1,0 +1,44 @@
+//! Command-line flags, each also a `TOPICS_*` environment variable (SPEC §9).
+
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "topics", version, about = "A persistent event log over a JSON-first HTTP API")]
+pub struct Config {
+    /// Address to bind.
+    #[arg(long, env = "TOPICS_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0 picks a free port and logs it).
+    #[arg(long, env = "TOPICS_PORT", default_value_t = 4000)]
+    pub port: u16,
+
+    /// Directory for the write-ahead log (one subdirectory per shard).
+    #[arg(long, env = "TOPICS_DATA_DIR", default_value = "./topics-data")]
+    pub data_dir: PathBuf,
+
+    /// Number of shards: one pinned executor per shard. Defaults to the number of cores.
+    #[arg(long, env = "TOPICS_SHARDS")]
+    pub shards: Option<usize>,
+
+    /// Longest time a `disk` topic's acknowledged write waits in memory before its WAL sync.
+    #[arg(long, env = "TOPICS_SYNC_INTERVAL_MS", default_value_t = 10)]
+    pub sync_interval_ms: u64,
+
+    /// Largest request body accepted; larger ones get 413 before they are read.
+    #[arg(long, env = "TOPICS_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Whether a write to a missing topic creates it (a write's `create` flag overrides).
+    #[arg(long, env = "TOPICS_AUTO_CREATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_create: bool,
+}
+
+impl Config {
+    pub fn shard_count(&self) -> usize {
+        self.shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+}

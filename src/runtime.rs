@@ -1,0 +1,298 @@
+//! One pinned glommio executor per shard, the channel mesh between them, and the accept loop.
+//!
+//! Each executor binds the listening port with `SO_REUSEPORT` (glommio's `TcpListener` sets
+//! it), so the kernel spreads connections across cores. A request for a topic owned by another
+//! shard crosses to the owner as a [`Command`] over the mesh and its [`Reply`] comes back the
+//! same way: one hop each way.
+
+use crate::api::Api;
+use crate::config::Config;
+use crate::http::{serve_connection, Limits};
+use glommio::channels::channel_mesh::{MeshBuilder, Senders};
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use shards::{Command, Reply, ReplayProgress, Shard, ShardError, ShardOptions};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// State shared by all executors (atomics only).
+pub struct Global {
+    pub shards: usize,
+    pub ready_shards: AtomicUsize,
+    pub topics: Vec<Arc<AtomicUsize>>,
+    pub progress: ReplayProgress,
+    pub started: Instant,
+}
+
+impl Global {
+    pub fn ready(&self) -> bool {
+        self.ready_shards.load(Ordering::Acquire) == self.shards
+    }
+
+    /// Fraction of the WAL replayed so far, 0.0–1.0.
+    pub fn replay_progress(&self) -> f64 {
+        let total = self.progress.total_bytes.load(Ordering::Relaxed);
+        let done = self.progress.done_bytes.load(Ordering::Relaxed);
+        if self.ready() {
+            1.0
+        } else if total == 0 {
+            0.0
+        } else {
+            (done as f64 / total as f64).min(0.99)
+        }
+    }
+}
+
+pub enum Envelope {
+    Request { from: usize, id: u64, cmd: Command },
+    Response { id: u64, reply: Reply },
+}
+
+/// A single-use reply slot, completed by the mesh receiver task.
+struct Slot {
+    value: RefCell<Option<Reply>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+struct SlotFuture(Rc<Slot>);
+
+impl Future for SlotFuture {
+    type Output = Reply;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        if let Some(v) = self.0.value.borrow_mut().take() {
+            return Poll::Ready(v);
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// One executor's view of the cluster of shards.
+pub struct Node {
+    pub id: usize,
+    pub global: Arc<Global>,
+    shard: RefCell<Option<Rc<Shard>>>,
+    senders: Senders<Envelope>,
+    pending: RefCell<HashMap<u64, Rc<Slot>>>,
+    next_id: Cell<u64>,
+}
+
+impl Node {
+    pub fn shards(&self) -> usize {
+        self.global.shards
+    }
+
+    fn local(&self) -> Option<Rc<Shard>> {
+        self.shard.borrow().clone()
+    }
+
+    /// Runs `cmd` on shard `target`, locally or across the mesh.
+    pub async fn call(&self, target: usize, cmd: Command) -> Reply {
+        if target == self.id {
+            return match self.local() {
+                Some(s) => s.execute(cmd).await,
+                None => Reply::Err(ShardError::NotReady),
+            };
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1));
+        let slot = Rc::new(Slot {
+            value: RefCell::new(None),
+            waker: RefCell::new(None),
+        });
+        self.pending.borrow_mut().insert(id, slot.clone());
+        let msg = Envelope::Request {
+            from: self.id,
+            id,
+            cmd,
+        };
+        if self.senders.send_to(target, msg).await.is_err() {
+            self.pending.borrow_mut().remove(&id);
+            return Reply::Err(ShardError::Storage(format!("shard {target} is gone")));
+        }
+        SlotFuture(slot).await
+    }
+
+    /// Runs a command on the shard that owns `topic`.
+    pub async fn call_topic(&self, topic: &str, cmd: Command) -> Reply {
+        let target = shards::shard_for(topic, self.shards());
+        self.call(target, cmd).await
+    }
+
+    fn complete(&self, id: u64, reply: Reply) {
+        if let Some(slot) = self.pending.borrow_mut().remove(&id) {
+            *slot.value.borrow_mut() = Some(reply);
+            if let Some(w) = slot.waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+async fn receive_loop(node: Rc<Node>, rx: ConnectedReceiver<Envelope>) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Envelope::Response { id, reply } => node.complete(id, reply),
+            Envelope::Request { from, id, cmd } => {
+                let node = node.clone();
+                glommio::spawn_local(async move {
+                    let reply = match node.local() {
+                        Some(s) => s.execute(cmd).await,
+                        None => Reply::Err(ShardError::NotReady),
+                    };
+                    let _ = node
+                        .senders
+                        .send_to(from, Envelope::Response { id, reply })
+                        .await;
+                })
+                .detach();
+            }
+        }
+    }
+}
+
+/// Refuses to reuse a data directory with a different shard count: topics are placed by
+/// `hash(topic) % shards`, so another count would look for them on the wrong core.
+fn check_layout(dir: &Path, shards: usize) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+    let meta = dir.join("topics.meta");
+    let want = format!("shards={shards}\n");
+    match std::fs::read_to_string(&meta) {
+        Ok(have) if have == want => Ok(()),
+        Ok(have) => Err(format!(
+            "data dir {} was written with {}; start with that --shards value",
+            dir.display(),
+            have.trim().replace('=', " ")
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&meta, want)
+            .map_err(|e| format!("cannot write {}: {e}", meta.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", meta.display())),
+    }
+}
+
+pub fn run(cfg: Config) -> Result<(), String> {
+    let shards = cfg.shard_count();
+    check_layout(&cfg.data_dir, shards)?;
+    let mut cfg = cfg;
+    if cfg.port == 0 {
+        let l = std::net::TcpListener::bind((cfg.host.as_str(), 0))
+            .map_err(|e| format!("cannot bind {}:0: {e}", cfg.host))?;
+        cfg.port = l.local_addr().map_err(|e| e.to_string())?.port();
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let placement = if shards <= cores {
+        PoolPlacement::MaxSpread(shards, None)
+    } else {
+        PoolPlacement::Unbound(shards)
+    };
+    let global = Arc::new(Global {
+        shards,
+        ready_shards: AtomicUsize::new(0),
+        topics: (0..shards).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
+        progress: ReplayProgress::default(),
+        started: Instant::now(),
+    });
+    let mesh = MeshBuilder::<Envelope, _>::full(shards, 1024);
+    log::info!(
+        "topics {} starting {shards} shard(s), data in {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.data_dir.display()
+    );
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .on_all_shards(move || {
+            let cfg = cfg.clone();
+            let global = global.clone();
+            let mesh = mesh.clone();
+            async move { executor_main(cfg, global, mesh).await }
+        })
+        .map_err(|e| format!("cannot start executors: {e}"))?;
+    for r in handles.join_all() {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(format!("executor failed: {e}")),
+        }
+    }
+    Ok(())
+}
+
+async fn executor_main(
+    cfg: Config,
+    global: Arc<Global>,
+    mesh: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
+) -> Result<(), String> {
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "cannot join the channel mesh".to_string())?;
+    let id = senders.peer_id();
+    let node = Rc::new(Node {
+        id,
+        global: global.clone(),
+        shard: RefCell::new(None),
+        senders,
+        pending: RefCell::new(HashMap::new()),
+        next_id: Cell::new(0),
+    });
+    for (_, rx) in receivers.streams() {
+        glommio::spawn_local(receive_loop(node.clone(), rx)).detach();
+    }
+    let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
+        .map_err(|e| format!("cannot bind {}:{}: {e}", cfg.host, cfg.port))?;
+    if id == 0 {
+        log::info!("listening on http://{}:{}", cfg.host, cfg.port);
+    }
+    let opts = ShardOptions {
+        id,
+        dir: cfg.data_dir.join(format!("shard-{id}")),
+        sync_interval: Duration::from_millis(cfg.sync_interval_ms),
+        auto_create: cfg.auto_create,
+        topic_gauge: global.topics[id].clone(),
+    };
+    {
+        let node = node.clone();
+        glommio::spawn_local(async move {
+            match Shard::open(opts, &node.global.progress).await {
+                Ok(shard) => {
+                    *node.shard.borrow_mut() = Some(shard);
+                    let ready = node.global.ready_shards.fetch_add(1, Ordering::AcqRel) + 1;
+                    if ready == node.global.shards {
+                        log::info!("ready: WAL replay complete");
+                    }
+                }
+                Err(e) => {
+                    log::error!("shard {id}: recovery failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .detach();
+    }
+    let api = Rc::new(Api::new(node));
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let limits = Limits {
+                    max_head_bytes: 16 * 1024,
+                    max_body_bytes: cfg.max_body_bytes,
+                    idle_timeout: Duration::from_secs(60),
+                };
+                glommio::spawn_local(serve_connection(stream, api.clone(), limits)).detach();
+            }
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
