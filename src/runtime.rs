@@ -19,7 +19,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -31,9 +31,15 @@ pub struct Global {
     pub topics: Vec<Arc<AtomicUsize>>,
     pub progress: ReplayProgress,
     pub started: Instant,
+    /// Set by SIGTERM/SIGINT: stop accepting, finish in-flight requests, sync, exit 0.
+    pub shutting_down: AtomicBool,
 }
 
 impl Global {
+    pub fn draining(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     pub fn ready(&self) -> bool {
         self.ready_shards.load(Ordering::Acquire) == self.shards
     }
@@ -84,6 +90,8 @@ pub struct Node {
     senders: Senders<Envelope>,
     pending: RefCell<HashMap<u64, Rc<Slot>>>,
     next_id: Cell<u64>,
+    /// Requests being answered on this executor.
+    pub in_flight: Cell<usize>,
 }
 
 impl Node {
@@ -201,7 +209,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         topics: (0..shards).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
         progress: ReplayProgress::default(),
         started: Instant::now(),
+        shutting_down: AtomicBool::new(false),
     });
+    install_signal_handler(global.clone())?;
     let mesh = MeshBuilder::<Envelope, _>::full(shards, 1024);
     log::info!(
         "topics {} starting {shards} shard(s), data in {}",
@@ -243,6 +253,7 @@ async fn executor_main(
         senders,
         pending: RefCell::new(HashMap::new()),
         next_id: Cell::new(0),
+        in_flight: Cell::new(0),
     });
     for (_, rx) in receivers.streams() {
         glommio::spawn_local(receive_loop(node.clone(), rx)).detach();
@@ -278,21 +289,72 @@ async fn executor_main(
         })
         .detach();
     }
-    let api = Rc::new(Api::new(node));
+    let api = Rc::new(Api::new(node.clone()));
+    let limits = Limits {
+        max_head_bytes: 16 * 1024,
+        max_body_bytes: cfg.max_body_bytes,
+        idle_timeout: Duration::from_secs(60),
+    };
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                let limits = Limits {
-                    max_head_bytes: 16 * 1024,
-                    max_body_bytes: cfg.max_body_bytes,
-                    idle_timeout: Duration::from_secs(60),
-                };
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            wait_for_shutdown(&node.global).await;
+            None
+        })
+        .await;
+        match accepted {
+            Some(Ok(stream)) => {
                 glommio::spawn_local(serve_connection(stream, api.clone(), limits)).detach();
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 log::warn!("accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
+            None => break,
         }
     }
+    drop(listener);
+    drain(&node).await;
+    Ok(())
+}
+
+/// Polls the shutdown flag set by the signal thread (a cheap check every 20 ms).
+async fn wait_for_shutdown(global: &Global) {
+    while !global.draining() {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Lets in-flight requests finish (bounded), then settles and syncs the shard's log.
+async fn drain(node: &Node) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while node.in_flight.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if let Some(shard) = node.local() {
+        if let Err(e) = shard.shutdown().await {
+            log::error!("shard {}: final sync failed: {e:?}", node.id);
+        }
+    }
+    log::info!("shard {} drained", node.id);
+}
+
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn install_signal_handler(global: Arc<Global>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if global.shutting_down.swap(true, Ordering::AcqRel) {
+                    log::warn!("second signal {sig}: exiting without a drain");
+                    std::process::exit(1);
+                }
+                log::info!("signal {sig}: draining");
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
 }

@@ -163,6 +163,7 @@ fn delete_before_seq_and_match_are_anded() {
 fn delete_requires_a_criterion_and_valid_match() {
     let s = Server::start(1);
     seed(&s, "r", &["a", "b"]);
+    let mut checks = Checks::new();
     for body in [
         json!({}),
         json!({"unrelated": 1}),
@@ -179,8 +180,9 @@ fn delete_requires_a_criterion_and_valid_match() {
         json!([1]),
     ] {
         let r = s.json_post("/v0/topics/r/delete", &body);
-        assert_error(&r, 400, "invalid_request");
+        checks.error(&body, &r, 400, "invalid_request");
     }
+    checks.finish();
     assert_eq!(live(&s, "r"), vec![1, 2], "bad deletes delete nothing");
 }
 

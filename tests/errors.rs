@@ -50,10 +50,16 @@ fn valid_body(method: &str, path: &str) -> &'static [u8] {
 fn content_type_missing_or_wrong_is_415() {
     let s = seeded(2);
     let mut c = s.client();
+    let mut checks = Checks::new();
     for (m, p) in BODY_ENDPOINTS {
         let body = valid_body(m, p);
         let r = c.request(m, p, &[], Some(body));
-        assert_error_resp(&r, 415, "unsupported_media_type");
+        checks.error_resp(
+            format!("{m} {p} without content-type"),
+            &r,
+            415,
+            "unsupported_media_type",
+        );
         for ct in [
             "text/plain",
             "application/x-www-form-urlencoded",
@@ -62,9 +68,10 @@ fn content_type_missing_or_wrong_is_415() {
             "",
         ] {
             let r = c.request(m, p, &[("Content-Type", ct)], Some(body));
-            assert_error_resp(&r, 415, "unsupported_media_type");
+            checks.error_resp(format!("{m} {p} {ct:?}"), &r, 415, "unsupported_media_type");
         }
     }
+    checks.finish();
     assert_intact(&s);
     // Parameters are allowed.
     for ct in [
@@ -103,12 +110,15 @@ fn bad_json_is_400_invalid_request() {
         b"{'records': []}",
         b"{\"records\":[{\"data\":{\"a\":1,}}]}",
     ];
+    let mut checks = Checks::new();
     for (m, p) in BODY_ENDPOINTS {
         for b in bad {
             let r = c.request(m, p, &[("Content-Type", "application/json")], Some(b));
-            assert_error_resp(&r, 400, "invalid_request");
+            let ctx = format!("{m} {p} {:?}", String::from_utf8_lossy(b));
+            checks.error_resp(ctx, &r, 400, "invalid_request");
         }
     }
+    checks.finish();
     // Bad JSON on a missing topic creates nothing.
     let r = c.post_raw("/v0/topics/fresh", b"{\"records\": [{\"data\": }]}");
     assert_error_resp(&r, 400, "invalid_request");
@@ -140,11 +150,20 @@ fn wrong_types_are_400_invalid_request() {
         json!([{"data": 1}]),
         json!("records"),
     ];
+    let mut checks = Checks::new();
     for b in &append_bodies {
-        assert_error(&s.json_post("/v0/topics/keep", b), 400, "invalid_request");
-        assert_error(&s.json_post("/v0/topics/newt", b), 400, "invalid_request");
+        let r = s.json_post("/v0/topics/keep", b);
+        checks.error(format!("append {b}"), &r, 400, "invalid_request");
+        let r = s.json_post("/v0/topics/newt", b);
+        checks.error(
+            format!("append to new topic {b}"),
+            &r,
+            400,
+            "invalid_request",
+        );
     }
-    assert_error(&s.get("/v0/topics/newt"), 404, "topic_not_found");
+    let r = s.get("/v0/topics/newt");
+    checks.error("rejected writes create nothing", &r, 404, "topic_not_found");
 
     let diff_bodies = [
         json!({"from_seq": "5"}),
@@ -163,12 +182,10 @@ fn wrong_types_are_400_invalid_request() {
         json!(0),
     ];
     for b in &diff_bodies {
-        assert_error(
-            &s.json_post("/v0/topics/keep/diff", b),
-            400,
-            "invalid_request",
-        );
+        let r = s.json_post("/v0/topics/keep/diff", b);
+        checks.error(format!("diff {b}"), &r, 400, "invalid_request");
     }
+    checks.finish();
     assert_intact(&s);
 }
 

@@ -120,6 +120,7 @@ fn put_durable_alias() {
 #[test]
 fn put_rejects_bad_config_values_and_creates_nothing() {
     let s = Server::start(1);
+    let mut checks = Checks::new();
     for body in [
         json!({"discard": "maybe"}),
         json!({"ttl_ms": -1}),
@@ -137,9 +138,14 @@ fn put_rejects_bad_config_values_and_creates_nothing() {
         json!(42),
     ] {
         let r = s.put("/v0/topics/bad", &body);
-        assert_error(&r, 400, "invalid_request");
-        assert_error(&s.get("/v0/topics/bad"), 404, "topic_not_found");
+        checks.error(format!("PUT {body}"), &r, 400, "invalid_request");
+        let r = s.get("/v0/topics/bad");
+        checks.error(format!("after PUT {body}"), &r, 404, "topic_not_found");
+        if r.0 == 200 {
+            s.delete("/v0/topics/bad");
+        }
     }
+    checks.finish();
 }
 
 #[test]
@@ -494,27 +500,21 @@ fn topic_names_valid_and_invalid() {
         "a%00b",
         "%2E%2E",
     ];
+    let mut checks = Checks::new();
     for n in invalid {
         let path = format!("/v0/topics/{n}");
-        assert_error(&s.put(&path, &json!({})), 400, "invalid_request");
-        assert_error(&s.get(&path), 400, "invalid_request");
-        assert_error(
-            &s.json_post(&path, &json!({"records": [{"data": 1}]})),
-            400,
-            "invalid_request",
-        );
-        assert_error(
-            &s.json_post(&format!("{path}/diff"), &json!({})),
-            400,
-            "invalid_request",
-        );
-        assert_error(
-            &s.json_post(&format!("{path}/delete"), &json!({"before_seq": 1})),
-            400,
-            "invalid_request",
-        );
-        assert_error(&s.delete(&path), 400, "invalid_request");
+        let bad = "invalid_request";
+        checks.error(format!("PUT {path}"), &s.put(&path, &json!({})), 400, bad);
+        checks.error(format!("GET {path}"), &s.get(&path), 400, bad);
+        let r = s.json_post(&path, &json!({"records": [{"data": 1}]}));
+        checks.error(format!("POST {path}"), &r, 400, bad);
+        let r = s.json_post(&format!("{path}/diff"), &json!({}));
+        checks.error(format!("POST {path}/diff"), &r, 400, bad);
+        let r = s.json_post(&format!("{path}/delete"), &json!({"before_seq": 1}));
+        checks.error(format!("POST {path}/delete"), &r, 400, bad);
+        checks.error(format!("DELETE {path}"), &s.delete(&path), 400, bad);
     }
+    checks.finish();
     // An empty name: a bad name or no such route, but never a success.
     let (st, v) = s.put("/v0/topics/", &json!({}));
     assert!(

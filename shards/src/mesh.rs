@@ -88,6 +88,7 @@ pub enum ShardError {
     TopicNotEmpty { count: u64 },
     TopicFull { cap_records: u64, cap_bytes: u64 },
     NotReady,
+    ShuttingDown,
     Storage(String),
 }
 

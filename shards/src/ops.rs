@@ -14,6 +14,7 @@ pub const K_RESERVE: u8 = 12;
 pub const K_DELETE: u8 = 13;
 pub const K_DROP: u8 = 14;
 pub const K_SKIPPED: u8 = 15;
+pub const K_SETTLE: u8 = 16;
 
 #[derive(Debug)]
 pub enum Op {
@@ -43,6 +44,9 @@ pub enum Op {
         upto_seq: u64,
     },
     Drop { topic: String },
+    /// Written at a clean shutdown: every seq up to `head` is durable, none above was handed
+    /// out, so the reservation shrinks back to the head.
+    Settle { topic: String, head: u64 },
 }
 
 impl Op {
@@ -54,6 +58,7 @@ impl Op {
             Op::Reserve { .. } => K_RESERVE,
             Op::Delete { .. } => K_DELETE,
             Op::Drop { .. } => K_DROP,
+            Op::Settle { .. } => K_SETTLE,
         }
     }
 
@@ -64,7 +69,8 @@ impl Op {
             | Op::Skipped { topic, .. }
             | Op::Reserve { topic, .. }
             | Op::Delete { topic, .. }
-            | Op::Drop { topic } => topic,
+            | Op::Drop { topic }
+            | Op::Settle { topic, .. } => topic,
         }
     }
 
@@ -122,6 +128,9 @@ impl Op {
                     Some(TagMatch::Prefix(s)) => e.u8(2).bytes(s.as_bytes()),
                 };
                 e.u64(*upto_seq);
+            }
+            Op::Settle { head, .. } => {
+                e.u64(*head);
             }
             Op::Drop { .. } => {}
         }
@@ -189,6 +198,10 @@ impl Op {
                 }
             }
             K_DROP => Op::Drop { topic },
+            K_SETTLE => Op::Settle {
+                topic,
+                head: d.u64()?,
+            },
             _ => return None,
         })
     }

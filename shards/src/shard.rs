@@ -48,6 +48,7 @@ pub struct Shard {
     pub wal: Rc<Wal>,
     scratch: RefCell<Vec<u8>>,
     ready: Cell<bool>,
+    closed: Cell<bool>,
 }
 
 fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
@@ -96,6 +97,13 @@ fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
         } => {
             if let Some(t) = topics.get_mut(&topic) {
                 t.delete_records(before_seq, matcher.as_ref(), upto_seq);
+            }
+        }
+        Op::Settle { topic, head } => {
+            if let Some(t) = topics.get_mut(&topic) {
+                if t.head_seq == head {
+                    t.reserved_seq = head;
+                }
             }
         }
         Op::Drop { topic } => {
@@ -151,6 +159,7 @@ impl Shard {
             wal,
             scratch: RefCell::new(Vec::with_capacity(64 << 10)),
             ready: Cell::new(true),
+            closed: Cell::new(false),
         }))
     }
 
@@ -188,10 +197,40 @@ impl Shard {
     }
 
     fn check_writable(&self) -> Result<(), ShardError> {
+        if self.closed.get() {
+            return Err(ShardError::ShuttingDown);
+        }
         match self.wal.failed() {
             Some(e) => Err(ShardError::Storage(e.0)),
             None => Ok(()),
         }
+    }
+
+    /// Clean shutdown: refuse further writes, record every reserved-but-unused seq range as
+    /// released, and sync the log. A restart after this continues exactly at each head.
+    pub async fn shutdown(&self) -> Result<(), ShardError> {
+        if self.closed.replace(true) {
+            return Ok(());
+        }
+        if self.wal.failed().is_some() {
+            return Ok(());
+        }
+        let mut last = self.wal.append(crate::wal::KIND_EPOCH, &[], true);
+        {
+            let mut topics = self.topics.borrow_mut();
+            for (name, t) in topics.iter_mut() {
+                if t.reserved_seq > t.head_seq {
+                    let op = Op::Settle {
+                        topic: name.clone(),
+                        head: t.head_seq,
+                    };
+                    last = self.log(&op, true);
+                }
+                // Wake long-polls so they answer now.
+                t.changed.notify_all();
+            }
+        }
+        self.durable(last).await
     }
 
     pub async fn execute(&self, cmd: Command) -> Reply {

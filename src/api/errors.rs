@@ -51,6 +51,11 @@ impl ApiError {
             .header("retry-after", "1".into())
     }
 
+    pub fn shutting_down() -> Self {
+        Self::new(503, "shutting_down", "the server is shutting down")
+            .header("retry-after", "1".into())
+    }
+
     pub fn topic_not_found(topic: &str) -> Self {
         Self::new(
             404,
@@ -88,6 +93,7 @@ impl ApiError {
             )
             .detail(json!({ "topic": topic, "cap_records": cap_records, "cap_bytes": cap_bytes })),
             ShardError::NotReady => Self::not_ready(0.0),
+            ShardError::ShuttingDown => Self::shutting_down(),
             ShardError::Storage(msg) => {
                 if msg.contains("No space left") || msg.contains("os error 28") {
                     Self::new(507, "insufficient_storage", "the disk is full")

@@ -145,7 +145,9 @@ impl Api {
     }
 
     fn require_ready(&self) -> Result<(), ApiError> {
-        if self.node.global.ready() {
+        if self.node.global.draining() {
+            Err(ApiError::shutting_down())
+        } else if self.node.global.ready() {
             Ok(())
         } else {
             Err(ApiError::not_ready(self.node.global.replay_progress()))
@@ -200,10 +202,27 @@ impl Api {
     }
 }
 
+/// Counts a request as in flight until dropped (also when its connection goes away).
+struct InFlight<'a>(&'a std::cell::Cell<usize>);
+
+impl<'a> InFlight<'a> {
+    fn enter(c: &'a std::cell::Cell<usize>) -> Self {
+        c.set(c.get() + 1);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 impl Handler for Api {
     fn handle(&self, req: Request) -> Pin<Box<dyn Future<Output = Response> + '_>> {
         Box::pin(async move {
             let start = Instant::now();
+            let _guard = InFlight::enter(&self.node.in_flight);
             match self.route(req, start).await {
                 Ok(r) => r,
                 Err(e) => e.into_response(start),

@@ -18,8 +18,12 @@ pub fn health(node: &Node) -> Response {
 
 pub async fn ready(node: &Node) -> ApiResult {
     let g = &node.global;
-    if !g.ready() {
-        let e = ApiError::not_ready(g.replay_progress());
+    if g.draining() || !g.ready() {
+        let e = if g.draining() {
+            ApiError::shutting_down()
+        } else {
+            ApiError::not_ready(g.replay_progress())
+        };
         let mut r = e.into_response(std::time::Instant::now());
         // Health and ready are exempt from the performance block; keep the error body only.
         if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&r.body) {

@@ -206,14 +206,13 @@ impl Server {
         self.spawn_again();
     }
 
-    /// SIGTERM (asserting exit status 0), then start again.
+    /// SIGTERM, wait for the exit, then start again. The exit status is checked by its own
+    /// test (`graceful_stop_exits_zero`), so that restart tests still check what survives.
     pub fn restart_graceful(&mut self) {
         let st = self.stop_graceful();
-        assert!(
-            st.success(),
-            "server exited with {st} after SIGTERM\n{}",
-            self.log_tail()
-        );
+        if !st.success() {
+            eprintln!("warning: server exited with {st} after SIGTERM (SPEC §9 wants 0)");
+        }
         self.spawn_again();
     }
 
@@ -542,4 +541,51 @@ pub fn list_pages(s: &Server, query: &str) -> Vec<Vec<String>> {
         }
     }
     panic!("pagination never ended");
+}
+
+/// Collects failed expectations over a table of cases, so one run reports every bad case.
+#[derive(Default)]
+pub struct Checks {
+    failures: Vec<String>,
+}
+
+impl Checks {
+    pub fn new() -> Checks {
+        Checks::default()
+    }
+
+    /// Like `assert_error`, recording a failure instead of panicking.
+    pub fn error(
+        &mut self,
+        ctx: impl std::fmt::Display,
+        r: &(u16, Value),
+        status: u16,
+        code: &str,
+    ) {
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            assert_error(r, status, code)
+        }));
+        if let Err(e) = res {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            self.failures.push(format!("{ctx}: {msg}"));
+        }
+    }
+
+    pub fn error_resp(&mut self, ctx: impl std::fmt::Display, r: &Resp, status: u16, code: &str) {
+        let v = serde_json::from_slice(&r.body).unwrap_or_else(|_| json!({"raw": r.text()}));
+        self.error(ctx, &(r.status, v), status, code);
+    }
+
+    pub fn finish(self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} case(s) failed:\n{}",
+            self.failures.len(),
+            self.failures.join("\n")
+        );
+    }
 }
