@@ -267,6 +267,7 @@ async fn executor_main(
         id,
         dir: cfg.data_dir.join(format!("shard-{id}")),
         sync_interval: Duration::from_millis(cfg.sync_interval_ms),
+        wal_file_size: shards::wal::FILE_SIZE,
         auto_create: cfg.auto_create,
         topic_gauge: global.topics[id].clone(),
     };

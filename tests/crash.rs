@@ -123,6 +123,7 @@ fn crash_under_load(shards: usize, durability: &str, must_keep_acked: bool) {
         "too few writes acknowledged before the kill: {}",
         acks.len()
     );
+    eprintln!("{} records acknowledged before kill -9", acks.len());
     s.spawn_again();
 
     let mut by_topic: HashMap<&str, Vec<&Ack>> = HashMap::new();
@@ -231,6 +232,11 @@ fn damaged_wal_tail(garble: bool) {
         )
     });
     let last = last_nonzero(&wal).unwrap();
+    eprintln!(
+        "damaging {wal:?} (len {}) before byte {last}; files: {:?}",
+        std::fs::metadata(&wal).unwrap().len(),
+        files_under(s.data_dir())
+    );
     assert!(last >= 32, "WAL {wal:?} too short");
     let mut f = OpenOptions::new()
         .read(true)
@@ -256,6 +262,7 @@ fn damaged_wal_tail(garble: bool) {
     s.spawn_again();
     let recs = s.diff_all_raw("t");
     let n = recs.len();
+    eprintln!("{n} records survived");
     assert!(
         n == 100 || n == 98,
         "expected all 100 records or all but the last batch, got {n} (WAL {wal:?})"

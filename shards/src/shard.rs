@@ -20,6 +20,8 @@ pub struct ShardOptions {
     pub id: usize,
     pub dir: PathBuf,
     pub sync_interval: Duration,
+    /// Size of each preallocated WAL file (`wal::FILE_SIZE` in production).
+    pub wal_file_size: u64,
     pub auto_create: bool,
     /// Number of topics on this shard, kept current for readiness and metrics.
     pub topic_gauge: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -120,7 +122,7 @@ impl Shard {
         let mut topics = BTreeMap::new();
         let now = now_ms();
         let mut undecodable = 0u64;
-        let wal = wal::open(&opts.dir, opts.sync_interval, progress, |kind, body| {
+        let wal = wal::open(&opts.dir, opts.wal_file_size, opts.sync_interval, progress, |kind, body| {
             match Op::decode(kind, body) {
                 Some(op) => apply(&mut topics, op, now),
                 None => undecodable += 1,

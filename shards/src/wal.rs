@@ -30,7 +30,7 @@ use std::time::Duration;
 
 pub const HEADER: usize = 21;
 const ALIGN: u64 = 4096;
-/// Default size of a WAL file; a frame larger than this gets a file of its own size.
+/// Default size of a WAL file; a frame larger than the size in use gets a file of its own size.
 pub const FILE_SIZE: u64 = 64 << 20;
 
 pub const KIND_EPOCH: u8 = 1;
@@ -128,6 +128,7 @@ struct Tail {
 /// past the torn tail, and opens the log for writing.
 pub async fn open(
     dir: &Path,
+    file_size: u64,
     sync_interval: Duration,
     progress: &ReplayProgress,
     mut apply: impl FnMut(u8, &[u8]),
@@ -203,7 +204,7 @@ pub async fn open(
         tail = Some(Tail {
             file_idx: *idx,
             pos: pos as u64,
-            file_size: (data.len() as u64).max(FILE_SIZE),
+            file_size: (data.len() as u64).max(file_size),
             next_lsn: expected_lsn.unwrap_or(1),
             epoch: epoch + 1,
             block: data[block_start..pos].to_vec(),
@@ -218,7 +219,7 @@ pub async fn open(
             Tail {
                 file_idx: idx,
                 pos: 0,
-                file_size: FILE_SIZE,
+                file_size,
                 next_lsn: expected_lsn.unwrap_or(1),
                 epoch: epoch + 1,
                 block: Vec::new(),
@@ -227,6 +228,7 @@ pub async fn open(
     };
     let wal = Rc::new(Wal {
         dir: dir.to_path_buf(),
+        default_file_size: file_size,
         sync_interval,
         state: RefCell::new(State {
             epoch: tail.epoch,
@@ -311,6 +313,7 @@ pub struct WalStats {
 
 pub struct Wal {
     dir: PathBuf,
+    default_file_size: u64,
     sync_interval: Duration,
     state: RefCell<State>,
     durable_lsn: Cell<u64>,
@@ -334,7 +337,7 @@ impl Wal {
             }
             st.file_idx += 1;
             st.file_pos = 0;
-            st.file_size = FILE_SIZE.max(align_up(len));
+            st.file_size = self.default_file_size.max(align_up(len));
             self.stats.rotations.set(self.stats.rotations.get() + 1);
         }
         let lsn = st.next_lsn;
