@@ -4,7 +4,11 @@ use clap::Parser;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "topics", version, about = "A persistent event log over a JSON-first HTTP API")]
+#[command(
+    name = "topics",
+    version,
+    about = "A persistent event log over a JSON-first HTTP API"
+)]
 pub struct Config {
     /// Address to bind.
     #[arg(long, env = "TOPICS_HOST", default_value = "127.0.0.1")]

@@ -12,7 +12,7 @@ use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
-use shards::{Command, Reply, ReplayProgress, Shard, ShardError, ShardOptions};
+use shards::{Command, ReplayProgress, Reply, Shard, ShardError, ShardOptions};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
@@ -182,8 +182,9 @@ fn check_layout(dir: &Path, shards: usize) -> Result<(), String> {
             dir.display(),
             have.trim().replace('=', " ")
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&meta, want)
-            .map_err(|e| format!("cannot write {}: {e}", meta.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&meta, want).map_err(|e| format!("cannot write {}: {e}", meta.display()))
+        }
         Err(e) => Err(format!("cannot read {}: {e}", meta.display())),
     }
 }

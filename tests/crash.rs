@@ -57,6 +57,11 @@ fn writer(port: u16, w: u64, acked_total: Arc<AtomicU64>) -> Vec<Ack> {
             Ok(r) => r,
             Err(_) => return acks,
         };
+        if r.status == 429 {
+            // Overload shedding (SPEC §9): not acknowledged, try the next batch.
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
         if r.status != 200 {
             // A server going down may answer 503 shutting_down; anything else is a bug.
             assert!(r.status >= 500, "write failed: {} {}", r.status, r.text());

@@ -188,6 +188,39 @@ fn pipelined_requests_are_answered_in_order() {
     }
 }
 
+#[test]
+fn pipelined_long_poll_keeps_response_order() {
+    let s = Server::start(1);
+    s.append_n("lp", 1);
+    let mut c = s.client();
+    let j = [("Content-Type", "application/json")];
+    let mut all = c.request_bytes(
+        "POST",
+        "/v0/topics/lp/diff",
+        &j,
+        Some(br#"{"from_seq":1,"wait_ms":600}"#),
+    );
+    all.extend(c.request_bytes("GET", "/v0/topics/lp", &[], None));
+    let start = Instant::now();
+    c.send_raw(&all).unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json().get("records").is_some(),
+        "the diff answers first: {}",
+        r.text()
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["topic"], json!("lp"));
+    assert!(r.json().get("records").is_none(), "{}", r.text());
+}
+
 fn assert_serves_normally(s: &Server, topic: &str, n: u64) {
     let start = Instant::now();
     let mut c = s.client();

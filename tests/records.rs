@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use serde_json::{json, Value};
 
@@ -424,4 +426,36 @@ fn write_performance_fields_by_durability() {
             );
         }
     }
+}
+
+#[test]
+fn idempotency_window_expires() {
+    let s = Server::start(1);
+    let (st, v) = s.put("/v0/topics/iw", &json!({"idempotency_window_ms": 300}));
+    assert_eq!(st, 201, "{v}");
+    let w = json!({"idempotency_key": "short", "records": [{"data": 1}]});
+    assert_eq!(s.json_post("/v0/topics/iw", &w).1["seqs"], json!([1]));
+    assert_eq!(s.json_post("/v0/topics/iw", &w).1["deduped"], json!(true));
+    std::thread::sleep(Duration::from_millis(700));
+    let (st, v) = s.json_post("/v0/topics/iw", &w);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["deduped"],
+        json!(false),
+        "the key was forgotten after the window: {v}"
+    );
+    assert_eq!(v["seqs"], json!([2]), "{v}");
+}
+
+#[test]
+fn failed_write_does_not_consume_its_idempotency_key() {
+    let s = Server::start(2);
+    s.append_n("fk", 1);
+    let bad = json!({"idempotency_key": "fk-1", "records": [{"data": 1, "tag": "t".repeat(300)}]});
+    assert_error(&s.json_post("/v0/topics/fk", &bad), 400, "record_too_large");
+    let good = json!({"idempotency_key": "fk-1", "records": [{"data": 2}]});
+    let (st, v) = s.json_post("/v0/topics/fk", &good);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["deduped"], json!(false), "{v}");
+    assert_eq!(v["seqs"], json!([2]), "{v}");
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -217,6 +218,46 @@ fn graceful_stop_exits_zero() {
     );
     s.spawn_again();
     assert_eq!(s.topic("x")["count"], json!(3));
+    s.append_n("x", 1);
+    s.send_signal("INT");
+    let st = s.wait_exit();
+    assert!(
+        st.success(),
+        "SIGINT must exit 0, got {st}\n{}",
+        s.log_tail()
+    );
+    s.spawn_again();
+    assert_eq!(s.topic("x")["count"], json!(4));
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let mut s = Server::start(1);
+    s.append_n("lp", 1);
+    let mut c = s.client();
+    let req = c.request_bytes(
+        "POST",
+        "/v0/topics/lp/diff",
+        &[("Content-Type", "application/json")],
+        Some(br#"{"from_seq":1,"wait_ms":2000}"#),
+    );
+    c.send_raw(&req).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.send_signal("TERM");
+    let r = c
+        .read_response()
+        .expect("a parked request gets an answer, not a dropped connection");
+    assert!(
+        r.status == 200 || r.status == 503,
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    if r.status == 503 {
+        assert_error_resp(&r, 503, "shutting_down");
+    }
+    let st = s.wait_exit();
+    assert!(st.success(), "exit 0 after SIGTERM, got {st}");
 }
 
 #[test]

@@ -420,6 +420,11 @@ fn delete_topic_if_empty_and_absent() {
 fn recreate(shards: usize) {
     let s = Server::start(shards);
     s.append_n("rc", 3);
+    let (st, v) = s.json_post(
+        "/v0/topics/rc",
+        &json!({"idempotency_key": "old-key", "records": [{"data": "old"}]}),
+    );
+    assert_eq!((st, &v["seqs"]), (200, &json!([4])), "{v}");
     s.append_n("other", 2);
     assert_eq!(s.delete("/v0/topics/rc").0, 200);
     let (st, v) = s.json_post(
@@ -429,17 +434,33 @@ fn recreate(shards: usize) {
     assert_eq!(st, 201, "the write re-creates the topic: {v}");
     assert_eq!(v["created"], json!(true), "{v}");
     assert_eq!(v["seqs"], json!([1, 2]), "seqs restart at 1: {v}");
+    // Dedupe state went with the old instance.
+    let (st, v) = s.json_post(
+        "/v0/topics/rc",
+        &json!({"idempotency_key": "old-key", "records": [{"data": "new-3"}]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["deduped"],
+        json!(false),
+        "old instance's key must be gone: {v}"
+    );
+    assert_eq!(v["seqs"], json!([3]), "{v}");
 
-    let v = s.diff("rc", json!({"from_seq": 3}));
+    let v = s.diff("rc", json!({"from_seq": 4}));
     let t = &v["tombstone"];
     assert_eq!(t["reason"], json!("recreated"), "{v}");
     assert_eq!(t["gap_from"], json!(1), "{v}");
     assert_eq!(t["gap_to"], json!(0), "{v}");
     assert_eq!(t["earliest_seq"], json!(1), "{v}");
-    assert_eq!(t["head_seq"], json!(2), "{v}");
-    assert_eq!(seqs_of(v["records"].as_array().unwrap()), vec![1, 2], "{v}");
+    assert_eq!(t["head_seq"], json!(3), "{v}");
+    assert_eq!(
+        seqs_of(v["records"].as_array().unwrap()),
+        vec![1, 2, 3],
+        "{v}"
+    );
     assert_eq!(v["records"][0]["data"], json!("new-1"));
-    assert_eq!(v["next_from_seq"], json!(2), "{v}");
+    assert_eq!(v["next_from_seq"], json!(3), "{v}");
     assert_eq!(v["caught_up"], json!(true), "{v}");
 
     let v = s.diff("rc", json!({"from_seq": 0}));
@@ -449,6 +470,24 @@ fn recreate(shards: usize) {
         json!(2),
         "other topics untouched"
     );
+}
+
+#[test]
+fn recreated_by_put_old_cursor_gets_tombstone_and_nothing() {
+    let s = Server::start(2);
+    s.append_n("rp", 5);
+    assert_eq!(s.delete("/v0/topics/rp").0, 200);
+    let (st, v) = s.put("/v0/topics/rp", &json!({}));
+    assert_eq!(st, 201, "{v}");
+    let t = s.topic("rp");
+    assert_eq!(t["head_seq"], json!(0), "{t}");
+    let v = s.diff("rp", json!({"from_seq": 5}));
+    assert_eq!(v["tombstone"]["reason"], json!("recreated"), "{v}");
+    assert_eq!(v["tombstone"]["gap_from"], json!(1), "{v}");
+    assert_eq!(v["tombstone"]["gap_to"], json!(0), "{v}");
+    assert_eq!(v["records"], json!([]), "{v}");
+    assert_eq!(v["next_from_seq"], json!(0), "{v}");
+    assert_eq!(v["caught_up"], json!(true), "{v}");
 }
 
 #[test]

@@ -19,7 +19,10 @@ pub const K_SETTLE: u8 = 16;
 #[derive(Debug)]
 pub enum Op {
     /// Create a topic or replace its config.
-    Config { topic: String, config: TopicConfig },
+    Config {
+        topic: String,
+        config: TopicConfig,
+    },
     Append {
         topic: String,
         first_seq: u64,
@@ -36,17 +39,25 @@ pub enum Op {
         idem_key: Option<String>,
     },
     /// Seqs up to `upto` may have been acknowledged; never reuse them.
-    Reserve { topic: String, upto: u64 },
+    Reserve {
+        topic: String,
+        upto: u64,
+    },
     Delete {
         topic: String,
         before_seq: Option<u64>,
         matcher: Option<TagMatch>,
         upto_seq: u64,
     },
-    Drop { topic: String },
+    Drop {
+        topic: String,
+    },
     /// Written at a clean shutdown: every seq up to `head` is durable, none above was handed
     /// out, so the reservation shrinks back to the head.
-    Settle { topic: String, head: u64 },
+    Settle {
+        topic: String,
+        head: u64,
+    },
 }
 
 impl Op {

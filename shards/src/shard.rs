@@ -59,6 +59,7 @@ fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
             Some(t) => {
                 t.config = config;
                 t.enforce_caps();
+                t.expire(now);
             }
             None => {
                 topics.insert(topic, Topic::new(config, now));
@@ -118,16 +119,23 @@ fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
 
 impl Shard {
     /// Replays this shard's WAL and opens it for writing.
-    pub async fn open(opts: ShardOptions, progress: &ReplayProgress) -> Result<Rc<Shard>, WalError> {
+    pub async fn open(
+        opts: ShardOptions,
+        progress: &ReplayProgress,
+    ) -> Result<Rc<Shard>, WalError> {
         let mut topics = BTreeMap::new();
         let now = now_ms();
         let mut undecodable = 0u64;
-        let wal = wal::open(&opts.dir, opts.wal_file_size, opts.sync_interval, progress, |kind, body| {
-            match Op::decode(kind, body) {
+        let wal = wal::open(
+            &opts.dir,
+            opts.wal_file_size,
+            opts.sync_interval,
+            progress,
+            |kind, body| match Op::decode(kind, body) {
                 Some(op) => apply(&mut topics, op, now),
                 None => undecodable += 1,
-            }
-        })
+            },
+        )
         .await?;
         if undecodable > 0 {
             log::error!(
@@ -145,6 +153,7 @@ impl Shard {
             if durability == Durability::Ephemeral {
                 t.lose_through_head(LossReason::Restart);
             }
+            t.expire(now);
         }
         log::info!(
             "shard {}: recovered {} topics from {}",
@@ -154,7 +163,7 @@ impl Shard {
         );
         opts.topic_gauge
             .store(topics.len(), std::sync::atomic::Ordering::Relaxed);
-        Ok(Rc::new(Shard {
+        let shard = Rc::new(Shard {
             opts,
             topics: RefCell::new(topics),
             reserve_lsn: RefCell::new(BTreeMap::new()),
@@ -162,7 +171,28 @@ impl Shard {
             scratch: RefCell::new(Vec::with_capacity(64 << 10)),
             ready: Cell::new(true),
             closed: Cell::new(false),
-        }))
+        });
+        shard.start_sweeper();
+        Ok(shard)
+    }
+
+    /// Expires TTL'd records in the background, so expiry happens without new writes.
+    pub fn start_sweeper(self: &Rc<Self>) {
+        let weak = Rc::downgrade(self);
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+                let Some(shard) = weak.upgrade() else {
+                    return;
+                };
+                let now = now_ms();
+                let mut topics = shard.topics.borrow_mut();
+                for t in topics.values_mut().filter(|t| t.config.ttl_ms > 0) {
+                    t.expire(now);
+                }
+            }
+        })
+        .detach();
     }
 
     pub fn is_ready(&self) -> bool {
@@ -313,6 +343,7 @@ impl Shard {
     fn get_topic(&self, topic: &str, touch: bool) -> Result<Reply, ShardError> {
         let mut topics = self.topics.borrow_mut();
         let t = topics.get_mut(topic).ok_or(ShardError::TopicNotFound)?;
+        t.expire(now_ms());
         if touch {
             t.last_read_ts = now_ms();
         }
@@ -330,6 +361,8 @@ impl Shard {
 
     fn list_topics(&self, prefix: &str, after: Option<&str>, limit: usize) -> Reply {
         let topics = self.topics.borrow();
+        // Expiry is applied lazily by topic reads and by the sweeper; the list shows the
+        // state as of the last sweep (at most a second old).
         let start = match after {
             Some(a) if a >= prefix => Bound::Excluded(a.to_owned()),
             _ => Bound::Included(prefix.to_owned()),
@@ -405,6 +438,7 @@ impl Shard {
                 created = true;
             }
             let t = topics.get_mut(&topic).ok_or(ShardError::TopicNotFound)?;
+            t.expire(now);
             if let Some(key) = idempotency_key.as_deref() {
                 if let Some(e) = t.idem_lookup(key, now) {
                     return Ok(Reply::Appended(AppendReply {
@@ -516,7 +550,9 @@ impl Shard {
         loop {
             let changed: Rc<Event> = {
                 let mut topics = self.topics.borrow_mut();
-                let t = topics.get_mut(&cmd.topic).ok_or(ShardError::TopicNotFound)?;
+                let t = topics
+                    .get_mut(&cmd.topic)
+                    .ok_or(ShardError::TopicNotFound)?;
                 t.last_read_ts = now_ms();
                 let head = t.visible_seq;
                 let earliest = t.earliest_seq().min(head + 1);
@@ -542,7 +578,11 @@ impl Shard {
                 } else {
                     (cmd.from_seq, None)
                 };
-                let nodes: &[String] = if t.config.dedupe_node { &cmd.nodes } else { &[] };
+                let nodes: &[String] = if t.config.dedupe_node {
+                    &cmd.nodes
+                } else {
+                    &[]
+                };
                 let r = t.read(from, cmd.limit, nodes);
                 let caught_up = r.next_from_seq >= head;
                 if !r.records.is_empty()
@@ -581,6 +621,7 @@ impl Shard {
         let (mut reply, wait) = {
             let mut topics = self.topics.borrow_mut();
             let t = topics.get_mut(&topic).ok_or(ShardError::TopicNotFound)?;
+            t.expire(now_ms());
             self.check_writable()?;
             let durable = t.config.durability == Durability::Fsync;
             let op = Op::Delete {

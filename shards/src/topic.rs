@@ -290,6 +290,35 @@ impl Topic {
         }
     }
 
+    /// Expires records older than `ttl_ms` (by `$ts`). Returns whether anything expired.
+    pub fn expire(&mut self, now_ms: u64) -> bool {
+        let ttl = self.config.ttl_ms;
+        if ttl == 0 {
+            return false;
+        }
+        let cutoff = now_ms.saturating_sub(ttl);
+        let mut expired = false;
+        while let Some(front) = self.records.front() {
+            match front {
+                Some(r) if r.ts >= cutoff => break,
+                Some(r) if r.seq > self.visible_seq => break,
+                _ => {}
+            }
+            if let Some(Some(r)) = self.records.pop_front() {
+                self.count -= 1;
+                self.bytes -= r.size();
+                self.evict_floor = r.seq + 1;
+                expired = true;
+            }
+            self.base_seq += 1;
+        }
+        if expired {
+            self.evict_reason = Some(LossReason::merge(self.evict_reason, LossReason::Ttl));
+        }
+        self.trim_front();
+        expired
+    }
+
     /// Marks everything up to the head as lost at a restart (ephemeral records, reserved
     /// seqs of a crashed run).
     pub fn lose_through_head(&mut self, reason: LossReason) {
@@ -425,7 +454,11 @@ mod tests {
             1,
             10,
             None,
-            vec![rec(Some("a"), None), rec(None, Some("n1")), rec(Some("b"), None)],
+            vec![
+                rec(Some("a"), None),
+                rec(None, Some("n1")),
+                rec(Some("b"), None),
+            ],
         );
         t.visible_seq = t.head_seq;
         let r = t.read(0, 10, &["n1".to_string()]);
@@ -433,7 +466,10 @@ mod tests {
         assert_eq!(r.next_from_seq, 3);
         let r = t.read(0, 1, &[]);
         assert_eq!((seqs(&r), r.next_from_seq), (vec![1], 1));
-        assert_eq!(t.delete_records(None, Some(&TagMatch::Eq("a".into())), 3), 1);
+        assert_eq!(
+            t.delete_records(None, Some(&TagMatch::Eq("a".into())), 3),
+            1
+        );
         assert_eq!(t.earliest_seq(), 2);
         let r = t.read(0, 10, &["n1".to_string()]);
         assert_eq!((seqs(&r), r.next_from_seq), (vec![3], 3));
@@ -467,6 +503,23 @@ mod tests {
         assert_eq!(seqs(&t.read(0, 10, &[])), vec![4, 5]);
         t.config.discard = Discard::Reject;
         assert!(t.would_reject(1, 1));
+    }
+
+    #[test]
+    fn ttl_expires_from_the_front_and_mixes_with_caps() {
+        let mut t = topic();
+        t.config.ttl_ms = 100;
+        t.config.cap_records = 3;
+        for s in 1..=5 {
+            t.apply_append(s, 1000 + s, None, vec![rec(None, None)]);
+        }
+        t.visible_seq = t.head_seq;
+        assert_eq!(t.evict_reason, Some(LossReason::Cap));
+        assert!(!t.expire(1100));
+        assert!(t.expire(1105));
+        assert_eq!(t.earliest_seq(), 5);
+        assert_eq!(t.evict_floor, 5);
+        assert_eq!(t.evict_reason, Some(LossReason::Mixed));
     }
 
     #[test]

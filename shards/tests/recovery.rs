@@ -4,7 +4,7 @@
 
 use glommio::{LocalExecutorBuilder, Placement};
 use shards::mesh::{AppendCmd, DiffCmd, DiffReply};
-use shards::{Command, NewRecord, Reply, ReplayProgress, Shard, ShardOptions};
+use shards::{Command, NewRecord, ReplayProgress, Reply, Shard, ShardOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,7 +148,10 @@ fn torn_tail_is_cut_and_stale_bytes_never_come_back() {
     });
     assert!(!before.is_empty() && before.len() < 20, "{before:?}");
     for (i, (seq, d)) in before.iter().enumerate() {
-        assert_eq!((*seq, d.as_str()), (i as u64 + 1, format!("\"r{i}\"").as_str()));
+        assert_eq!(
+            (*seq, d.as_str()),
+            (i as u64 + 1, format!("\"r{i}\"").as_str())
+        );
     }
     assert_eq!(new_seq.0, before.len() as u64 + 1);
     // After another restart: exactly the surviving prefix plus the new record; none of the

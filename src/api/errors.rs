@@ -46,9 +46,13 @@ impl ApiError {
     }
 
     pub fn not_ready(progress: f64) -> Self {
-        Self::new(503, "not_ready", "the write-ahead log is still being replayed")
-            .detail(json!({ "replay_progress": progress }))
-            .header("retry-after", "1".into())
+        Self::new(
+            503,
+            "not_ready",
+            "the write-ahead log is still being replayed",
+        )
+        .detail(json!({ "replay_progress": progress }))
+        .header("retry-after", "1".into())
     }
 
     pub fn shutting_down() -> Self {

@@ -123,9 +123,16 @@ pub fn json_body(req: &Request) -> Result<&[u8], ApiError> {
     Ok(&req.body)
 }
 
-/// Parses a JSON body into `T`; any syntax or type error is `400 invalid_request`.
+/// Parses a JSON object body into `T`; any syntax or type error is `400 invalid_request`.
+/// The whole body must be UTF-8 (serde_json skips ignored fields without checking them) and
+/// an object (serde's derived structs would also accept an array of the fields in order).
 pub fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::invalid(format!("request body is not UTF-8: {e}")))?;
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::invalid("request body must be a JSON object"));
+    }
+    serde_json::from_str(text).map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
 }
 
 pub fn query_bool(req: &Request, name: &str, default: bool) -> Result<bool, ApiError> {

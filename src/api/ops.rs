@@ -11,7 +11,10 @@ pub fn health(node: &Node) -> Response {
     let mut o = Obj::new(&mut body);
     o.str("status", "ok")
         .str("version", env!("CARGO_PKG_VERSION"))
-        .u64("uptime_ms", node.global.started.elapsed().as_millis() as u64);
+        .u64(
+            "uptime_ms",
+            node.global.started.elapsed().as_millis() as u64,
+        );
     o.end();
     json_response(200, body)
 }

@@ -22,16 +22,45 @@ pub const MAX_TAG_BYTES: usize = 256;
 pub const MAX_NODE_BYTES: usize = 128;
 pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
-#[derive(Deserialize)]
+/// One record of an append. Deserialised by hand so that only a JSON object is accepted
+/// (a derived struct would also take an array of its fields).
+#[derive(Default)]
 struct RecordIn<'a> {
-    #[serde(borrow, default)]
     data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     meta: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     tag: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     node: Option<Cow<'a, str>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RecordIn<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = RecordIn<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a record object like {\"data\": ...}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut r = RecordIn::default();
+                while let Some(k) = m.next_key::<Cow<'_, str>>()? {
+                    match &*k {
+                        "data" => r.data = Some(m.next_value()?),
+                        "meta" => r.meta = m.next_value::<Option<&'a RawValue>>()?,
+                        "tag" => r.tag = m.next_value()?,
+                        "node" => r.node = m.next_value()?,
+                        _ => {
+                            m.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -76,12 +105,18 @@ fn check_meta(index: usize, meta: &RawValue) -> Result<(), ApiError> {
                 keys.len()
             ),
         )
-        .detail(json!({ "index": index, "field": "meta", "limit": MAX_META_KEYS, "keys": keys.len() })));
+        .detail(
+            json!({ "index": index, "field": "meta", "limit": MAX_META_KEYS, "keys": keys.len() }),
+        ));
     }
     Ok(())
 }
 
-fn to_record(index: usize, r: RecordIn<'_>, batch_node: Option<&str>) -> Result<NewRecord, ApiError> {
+fn to_record(
+    index: usize,
+    r: RecordIn<'_>,
+    batch_node: Option<&str>,
+) -> Result<NewRecord, ApiError> {
     let data = r.data.map(RawValue::get).unwrap_or("null").as_bytes();
     let meta = r.meta.map(|m| m.get().as_bytes());
     let size = data.len() + meta.map_or(0, <[u8]>::len);
@@ -123,7 +158,10 @@ pub async fn append(api: &Api, topic: String, req: &Request, start: Instant) -> 
         return Err(ApiError::new(
             400,
             "batch_too_large",
-            format!("{} records in one write; the limit is {MAX_BATCH}", records.len()),
+            format!(
+                "{} records in one write; the limit is {MAX_BATCH}",
+                records.len()
+            ),
         )
         .detail(json!({ "limit": MAX_BATCH, "count": records.len() })));
     }
@@ -394,7 +432,10 @@ mod tests {
 
     #[test]
     fn match_language() {
-        assert_eq!(parse_match(&json!("x")).ok(), Some(TagMatch::Eq("x".into())));
+        assert_eq!(
+            parse_match(&json!("x")).ok(),
+            Some(TagMatch::Eq("x".into()))
+        );
         assert_eq!(
             parse_match(&json!(["tag", "Glob", "ord*"])).ok(),
             Some(TagMatch::Prefix("ord".into()))

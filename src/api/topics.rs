@@ -1,7 +1,9 @@
 //! The control plane: `PUT/GET/DELETE /v0/topics/:topic` and `GET /v0/topics`.
 
 use super::json::Obj;
-use super::{check_topic_name, json_body, json_response, parse, query_bool, Api, ApiError, ApiResult, Perf};
+use super::{
+    check_topic_name, json_body, json_response, parse, query_bool, Api, ApiError, ApiResult, Perf,
+};
 use crate::http::Request;
 use serde_json::{Map, Value};
 use shards::{Command, ConfigPatch, Discard, Durability, Reply, TopicConfig, TopicType};
@@ -63,11 +65,17 @@ pub fn parse_config(topic: &str, v: &Value) -> Result<ConfigPatch, ApiError> {
         Some(Value::String(d)) => {
             check_topic_name(d)?;
             if d == topic {
-                return Err(ApiError::invalid("dead_letter must differ from the topic itself"));
+                return Err(ApiError::invalid(
+                    "dead_letter must differ from the topic itself",
+                ));
             }
             Some(Some(d.clone()))
         }
-        Some(_) => return Err(ApiError::invalid("dead_letter must be a topic name or null")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "dead_letter must be a topic name or null",
+            ))
+        }
     };
     Ok(ConfigPatch {
         topic_type: want_enum(m, "type", TopicType::parse, "\"log\", \"queue\"")?,
@@ -135,10 +143,13 @@ pub async fn put(api: &Api, topic: String, req: &Request, start: Instant) -> Api
     let patch = parse_config(&topic, &body)?;
     let reply = api
         .node
-        .call_topic(&topic, Command::PutTopic {
-            topic: topic.clone(),
-            patch,
-        })
+        .call_topic(
+            &topic,
+            Command::PutTopic {
+                topic: topic.clone(),
+                patch,
+            },
+        )
         .await;
     let r = match reply {
         Reply::Put(r) => r,
@@ -163,10 +174,13 @@ pub async fn get(api: &Api, topic: String, req: &Request, start: Instant) -> Api
     let touch = query_bool(req, "touch", true)?;
     let reply = api
         .node
-        .call_topic(&topic, Command::GetTopic {
-            topic: topic.clone(),
-            touch,
-        })
+        .call_topic(
+            &topic,
+            Command::GetTopic {
+                topic: topic.clone(),
+                touch,
+            },
+        )
         .await;
     let t = match reply {
         Reply::Info(t) => t,
@@ -195,10 +209,13 @@ pub async fn delete(api: &Api, topic: String, req: &Request, start: Instant) -> 
     let if_empty = query_bool(req, "if_empty", false)?;
     let reply = api
         .node
-        .call_topic(&topic, Command::DeleteTopic {
-            topic: topic.clone(),
-            if_empty,
-        })
+        .call_topic(
+            &topic,
+            Command::DeleteTopic {
+                topic: topic.clone(),
+                if_empty,
+            },
+        )
         .await;
     let deleted = match reply {
         Reply::DeletedTopic { deleted } => deleted,
@@ -243,7 +260,9 @@ pub async fn list(api: &Api, req: &Request, start: Instant) -> ApiResult {
         None => 100,
         Some(p) => match p.parse::<usize>() {
             Ok(0) | Err(_) => {
-                return Err(ApiError::invalid("page_size must be an integer from 1 to 1000"))
+                return Err(ApiError::invalid(
+                    "page_size must be an integer from 1 to 1000",
+                ))
             }
             Ok(n) => n.min(1000),
         },
@@ -317,7 +336,8 @@ mod tests {
 
     #[test]
     fn config_validation() {
-        let p = parse_config("t", &serde_json::json!({"durable": true, "lease_ms": 5})).expect("ok");
+        let p =
+            parse_config("t", &serde_json::json!({"durable": true, "lease_ms": 5})).expect("ok");
         assert_eq!(p.durable, Some(true));
         assert_eq!(p.lease_ms, Some(100));
         assert!(parse_config("t", &serde_json::json!({"ttl_ms": -1})).is_err());

@@ -177,13 +177,23 @@ impl Server {
 
     /// SIGTERM, then wait (up to 20 s) for the process to exit; returns its exit status.
     pub fn stop_graceful(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("server not running");
+        self.send_signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Sends a signal ("TERM", "INT", ...) to the server process.
+    pub fn send_signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
             .status()
-            .expect("run kill -TERM");
-        assert!(ok.success(), "kill -TERM failed");
+            .expect("run kill");
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Waits (up to 20 s) for the server process to exit; returns its exit status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server not running");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -193,7 +203,7 @@ impl Server {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "server did not exit within 20 s of SIGTERM\n{}",
+                    "server did not exit within 20 s of the signal\n{}",
                     self.log_tail()
                 );
             }
