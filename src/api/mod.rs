@@ -31,6 +31,22 @@ pub struct Perf {
     pub records_scanned: Option<u64>,
 }
 
+impl From<shards::mesh::Timings> for Perf {
+    fn from(t: shards::mesh::Timings) -> Self {
+        Perf {
+            wal_append_ms: Some(t.wal_append_ms),
+            fsync_ms: Some(t.fsync_ms),
+            records_scanned: None,
+        }
+    }
+}
+
+/// A shard answered with a reply of the wrong kind: a bug.
+pub fn unexpected() -> ApiError {
+    log::error!("unexpected reply kind from the storage engine");
+    ApiError::new(500, "internal", "unexpected reply from the storage engine")
+}
+
 impl Perf {
     pub fn write(&self, o: &mut Obj<'_>, start: Instant) {
         let out = o.key("performance");
@@ -149,6 +165,14 @@ pub fn query_bool(req: &Request, name: &str, default: bool) -> Result<bool, ApiE
 impl Api {
     pub fn new(node: Rc<Node>) -> Self {
         Api { node }
+    }
+
+    /// Runs `cmd` on the shard owning `topic`; a shard error becomes its API error.
+    pub async fn ask(&self, topic: &str, cmd: shards::Command) -> Result<shards::Reply, ApiError> {
+        match self.node.call_topic(topic, cmd).await {
+            shards::Reply::Err(e) => Err(ApiError::from_shard(e, topic)),
+            r => Ok(r),
+        }
     }
 
     fn require_ready(&self) -> Result<(), ApiError> {

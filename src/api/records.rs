@@ -2,7 +2,9 @@
 
 use super::json::Obj;
 use super::topics::parse_config;
-use super::{json_body, json_response, parse, query_bool, Api, ApiError, ApiResult, Perf};
+use super::{
+    json_body, json_response, parse, query_bool, unexpected, Api, ApiError, ApiResult, Perf,
+};
 use crate::http::Request;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -198,10 +200,8 @@ pub async fn append(api: &Api, topic: String, req: &Request, start: Instant) -> 
         create: body.create,
         config,
     });
-    let r = match api.node.call_topic(&topic, cmd).await {
-        Reply::Appended(r) => r,
-        Reply::Err(e) => return Err(ApiError::from_shard(e, &topic)),
-        _ => return Err(ApiError::new(500, "internal", "unexpected storage reply")),
+    let Reply::Appended(r) = api.ask(&topic, cmd).await? else {
+        return Err(unexpected());
     };
     let count = if r.deduped {
         r.last_seq + 1 - r.first_seq
@@ -220,12 +220,7 @@ pub async fn append(api: &Api, topic: String, req: &Request, start: Instant) -> 
         .u64("count", count)
         .bool("created", r.created)
         .bool("deduped", r.deduped);
-    Perf {
-        wal_append_ms: Some(r.timings.wal_append_ms),
-        fsync_ms: Some(r.timings.fsync_ms),
-        records_scanned: None,
-    }
-    .write(&mut o, start);
+    Perf::from(r.timings).write(&mut o, start);
     o.end();
     Ok(json_response(if r.created { 201 } else { 200 }, body))
 }
@@ -274,10 +269,8 @@ pub async fn diff(api: &Api, topic: String, req: &Request, start: Instant) -> Ap
         nodes,
         wait_ms: body.wait_ms.unwrap_or(0).min(30_000),
     });
-    let r = match api.node.call_topic(&topic, cmd).await {
-        Reply::Diff(r) => r,
-        Reply::Err(e) => return Err(ApiError::from_shard(e, &topic)),
-        _ => return Err(ApiError::new(500, "internal", "unexpected storage reply")),
+    let Reply::Diff(r) = api.ask(&topic, cmd).await? else {
+        return Err(unexpected());
     };
     let payload: usize = r
         .records
@@ -403,10 +396,8 @@ pub async fn delete(api: &Api, topic: String, req: &Request, start: Instant) -> 
         before_seq: body.before_seq,
         matcher,
     };
-    let r = match api.node.call_topic(&topic, cmd).await {
-        Reply::DeletedRecords(r) => r,
-        Reply::Err(e) => return Err(ApiError::from_shard(e, &topic)),
-        _ => return Err(ApiError::new(500, "internal", "unexpected storage reply")),
+    let Reply::DeletedRecords(r) = api.ask(&topic, cmd).await? else {
+        return Err(unexpected());
     };
     let mut body = Vec::with_capacity(256);
     let mut o = Obj::new(&mut body);
@@ -416,12 +407,7 @@ pub async fn delete(api: &Api, topic: String, req: &Request, start: Instant) -> 
         .u64("head_seq", r.head_seq)
         .u64("count", r.count)
         .u64("bytes", r.bytes);
-    Perf {
-        wal_append_ms: Some(r.timings.wal_append_ms),
-        fsync_ms: Some(r.timings.fsync_ms),
-        records_scanned: None,
-    }
-    .write(&mut o, start);
+    Perf::from(r.timings).write(&mut o, start);
     o.end();
     Ok(json_response(200, body))
 }

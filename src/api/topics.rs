@@ -1,6 +1,7 @@
 //! The control plane: `PUT/GET/DELETE /v0/topics/:topic` and `GET /v0/topics`.
 
 use super::json::Obj;
+use super::unexpected;
 use super::{
     check_topic_name, json_body, json_response, parse, query_bool, Api, ApiError, ApiResult, Perf,
 };
@@ -133,59 +134,33 @@ pub fn write_config(o: &mut Obj<'_>, c: &TopicConfig) {
     j.end();
 }
 
-fn unexpected(topic: &str) -> ApiError {
-    log::error!("unexpected shard reply for topic {topic:?}");
-    ApiError::new(500, "internal", "unexpected reply from the storage engine")
-}
-
 pub async fn put(api: &Api, topic: String, req: &Request, start: Instant) -> ApiResult {
     let body: Value = parse(json_body(req)?)?;
     let patch = parse_config(&topic, &body)?;
-    let reply = api
-        .node
-        .call_topic(
-            &topic,
-            Command::PutTopic {
-                topic: topic.clone(),
-                patch,
-            },
-        )
-        .await;
-    let r = match reply {
-        Reply::Put(r) => r,
-        Reply::Err(e) => return Err(ApiError::from_shard(e, &topic)),
-        _ => return Err(unexpected(&topic)),
+    let cmd = Command::PutTopic {
+        topic: topic.clone(),
+        patch,
+    };
+    let Reply::Put(r) = api.ask(&topic, cmd).await? else {
+        return Err(unexpected());
     };
     let mut body = Vec::with_capacity(512);
     let mut o = Obj::new(&mut body);
     o.str("topic", &topic).bool("created", r.created);
     write_config(&mut o, &r.config);
-    Perf {
-        wal_append_ms: Some(r.timings.wal_append_ms),
-        fsync_ms: Some(r.timings.fsync_ms),
-        records_scanned: None,
-    }
-    .write(&mut o, start);
+    Perf::from(r.timings).write(&mut o, start);
     o.end();
     Ok(json_response(if r.created { 201 } else { 200 }, body))
 }
 
 pub async fn get(api: &Api, topic: String, req: &Request, start: Instant) -> ApiResult {
     let touch = query_bool(req, "touch", true)?;
-    let reply = api
-        .node
-        .call_topic(
-            &topic,
-            Command::GetTopic {
-                topic: topic.clone(),
-                touch,
-            },
-        )
-        .await;
-    let t = match reply {
-        Reply::Info(t) => t,
-        Reply::Err(e) => return Err(ApiError::from_shard(e, &topic)),
-        _ => return Err(unexpected(&topic)),
+    let cmd = Command::GetTopic {
+        topic: topic.clone(),
+        touch,
+    };
+    let Reply::Info(t) = api.ask(&topic, cmd).await? else {
+        return Err(unexpected());
     };
     let mut body = Vec::with_capacity(512);
     let mut o = Obj::new(&mut body);
@@ -207,20 +182,12 @@ pub async fn get(api: &Api, topic: String, req: &Request, start: Instant) -> Api
 
 pub async fn delete(api: &Api, topic: String, req: &Request, start: Instant) -> ApiResult {
     let if_empty = query_bool(req, "if_empty", false)?;
-    let reply = api
-        .node
-        .call_topic(
-            &topic,
-            Command::DeleteTopic {
-                topic: topic.clone(),
-                if_empty,
-            },
-        )
-        .await;
-    let deleted = match reply {
-        Reply::DeletedTopic { deleted } => deleted,
-        Reply::Err(e) => return Err(ApiError::from_shard(e, &topic)),
-        _ => return Err(unexpected(&topic)),
+    let cmd = Command::DeleteTopic {
+        topic: topic.clone(),
+        if_empty,
+    };
+    let Reply::DeletedTopic { deleted } = api.ask(&topic, cmd).await? else {
+        return Err(unexpected());
     };
     let mut body = Vec::with_capacity(128);
     let mut o = Obj::new(&mut body);
@@ -283,7 +250,7 @@ pub async fn list(api: &Api, req: &Request, start: Instant) -> ApiResult {
         match api.node.call(s, cmd).await {
             Reply::List(l) => all.extend(l),
             Reply::Err(e) => return Err(ApiError::from_shard(e, "")),
-            _ => return Err(unexpected("")),
+            _ => return Err(unexpected()),
         }
     }
     all.sort_by(|a, b| a.topic.cmp(&b.topic));
