@@ -82,6 +82,16 @@ impl Future for SlotFuture {
     }
 }
 
+impl shards::mesh::Remote for Node {
+    fn call(&self, shard: usize, cmd: Command) -> Pin<Box<dyn Future<Output = Reply> + '_>> {
+        Box::pin(Node::call(self, shard, cmd))
+    }
+
+    fn shards(&self) -> usize {
+        self.global.shards
+    }
+}
+
 /// One executor's view of the cluster of shards.
 pub struct Node {
     pub id: usize,
@@ -277,7 +287,8 @@ async fn executor_main(
         glommio::spawn_local(async move {
             match Shard::open(opts, &node.global.progress).await {
                 Ok(shard) => {
-                    *node.shard.borrow_mut() = Some(shard);
+                    *node.shard.borrow_mut() = Some(shard.clone());
+                    shard.start(node.clone());
                     let ready = node.global.ready_shards.fetch_add(1, Ordering::AcqRel) + 1;
                     if ready == node.global.shards {
                         log::info!("ready: WAL replay complete");

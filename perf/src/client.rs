@@ -376,9 +376,11 @@ mod tests {
         assert_eq!(h.status, 201);
         assert!(matches!(h.framing, Framing::Length(12)));
         assert!(!h.close);
-        let h = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let h = parse_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert!(matches!(h.framing, Framing::Chunked));
         assert!(h.close);
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nconte").unwrap().is_none());

@@ -8,7 +8,14 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 
 #[derive(Clone, Debug)]
-pub enum Cpus {
+pub struct Cpus {
+    pub placement: Pin,
+    /// How long an idle executor polls before it parks in the kernel (0: park at once).
+    pub spin: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum Pin {
     /// One executor pinned to each of these CPUs.
     Pinned(Vec<usize>),
     /// This many executors, not bound to any CPU.
@@ -17,16 +24,28 @@ pub enum Cpus {
 
 impl Cpus {
     pub fn count(&self) -> usize {
-        match self {
-            Cpus::Pinned(cpus) => cpus.len(),
-            Cpus::Unbound(n) => *n,
+        match &self.placement {
+            Pin::Pinned(cpus) => cpus.len(),
+            Pin::Unbound(n) => *n,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let place = match &self.placement {
+            Pin::Pinned(list) => format!("pinned {list:?}"),
+            Pin::Unbound(n) => format!("{n} unpinned"),
+        };
+        if self.spin.is_zero() {
+            place
+        } else {
+            format!("{place}, spin {} us", self.spin.as_micros())
         }
     }
 
     fn placement(&self, index: usize) -> Placement {
-        match self {
-            Cpus::Pinned(cpus) => Placement::Fixed(cpus[index]),
-            Cpus::Unbound(_) => Placement::Unbound,
+        match &self.placement {
+            Pin::Pinned(cpus) => Placement::Fixed(cpus[index]),
+            Pin::Unbound(_) => Placement::Unbound,
         }
     }
 
@@ -43,6 +62,7 @@ impl Cpus {
             let gen = gen.clone();
             let handle = LocalExecutorBuilder::new(self.placement(index))
                 .name(&format!("load-{index}"))
+                .spin_before_park(self.spin)
                 .spawn(move || gen(index, count))
                 .map_err(|e| format!("cannot start executor {index}: {e}"))?;
             handles.push(handle);
@@ -62,6 +82,7 @@ impl Cpus {
     {
         LocalExecutorBuilder::new(self.placement(0))
             .name("load-setup")
+            .spin_before_park(self.spin)
             .spawn(gen)
             .map_err(|e| format!("cannot start executor: {e}"))?
             .join()

@@ -1,1 +1,146 @@
-fn main() {}
+//! `topics-load`: the load generator of topics. Fixed workloads over keep-alive HTTP/1.1
+//! connections driven by glommio executors (pinned with `--cpu`), latency in hdrhistogram.
+//!
+//! ```text
+//! topics-load --workload append --connections 64 --topics 100 --durability fsync --cpu 1
+//! ```
+
+mod client;
+mod exec;
+mod report;
+mod stats;
+mod workloads;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::client::Target;
+use crate::exec::{Cpus, Pin};
+use crate::workloads::Workload;
+
+/// Commit class of the topics a workload writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    Disk,
+    Fsync,
+}
+
+impl Durability {
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Disk => "disk",
+            Durability::Fsync => "fsync",
+        }
+    }
+}
+
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "topics-load",
+    version,
+    about = "Load generator for the topics server"
+)]
+pub struct Args {
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:4000")]
+    pub url: String,
+    /// Which workload to run.
+    #[arg(long, value_enum)]
+    pub workload: Workload,
+    /// Length of each measured run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Warm-up before each measured run (load applied, nothing recorded), in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_secs: f64,
+    /// Concurrent connections [default: append 64, append-batch 16, diff 1; ack-latency is 1].
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Number of topics the `append` workload spreads its writes over.
+    #[arg(long, default_value_t = 100)]
+    pub topics: usize,
+    /// Commit class of the written topics [default: disk; ack-latency: both].
+    #[arg(long, value_enum)]
+    pub durability: Option<Durability>,
+    /// Records per request (append-batch).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Size of each record's `data` JSON, in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub record_bytes: usize,
+    /// Records the diff workload's topic holds before it is read (topped up if short).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub preload: u64,
+    /// Diff page sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 256, 1000])]
+    pub limit: Vec<u32>,
+    /// Pin one executor to each of these CPUs (comma-separated); connections are spread
+    /// over them.
+    #[arg(long, value_delimiter = ',')]
+    pub cpu: Vec<usize>,
+    /// Number of unpinned executors, when --cpu is not given.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Busy-poll this long before an idle executor parks (takes the client's own wake-up out
+    /// of latency figures at the price of a spinning core).
+    #[arg(long, default_value_t = 0)]
+    pub spin_us: u64,
+    /// Prefix of the topic names the workloads create.
+    #[arg(long, default_value = "load")]
+    pub topic_prefix: String,
+    /// Print one JSON object with all results instead of human-readable lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Args {
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration_secs.max(0.001))
+    }
+
+    pub fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup_secs.max(0.0))
+    }
+
+    pub fn cpus(&self) -> Cpus {
+        let placement = if self.cpu.is_empty() {
+            Pin::Unbound(self.threads.max(1))
+        } else {
+            Pin::Pinned(self.cpu.clone())
+        };
+        Cpus {
+            placement,
+            spin: Duration::from_micros(self.spin_us),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.record_bytes < 64 {
+        eprintln!("topics-load: --record-bytes must be at least 64");
+        return ExitCode::from(2);
+    }
+    let target = match Target::parse(&args.url) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("topics-load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match workloads::run(&args, &target) {
+        Ok(report) => {
+            report.print(args.json);
+            if report.errors() > 0 {
+                eprintln!("topics-load: {} requests failed", report.errors());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("topics-load: {}: {e}", args.workload.name());
+            ExitCode::FAILURE
+        }
+    }
+}

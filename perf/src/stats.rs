@@ -88,7 +88,9 @@ impl Recorder {
 
     pub fn merge(&mut self, other: &Recorder) {
         self.latency.add(&other.latency).expect("same bounds");
-        self.server_total.add(&other.server_total).expect("same bounds");
+        self.server_total
+            .add(&other.server_total)
+            .expect("same bounds");
         self.fsync.add(&other.fsync).expect("same bounds");
         self.ok += other.ok;
         self.records += other.records;
@@ -109,9 +111,21 @@ impl Recorder {
         m.insert("elapsed_s".into(), json!(round(secs, 3)));
         m.insert("requests".into(), json!(self.ok));
         m.insert("records".into(), json!(self.records));
-        m.insert("requests_per_s".into(), json!(round(self.ok as f64 / secs, 1)));
-        m.insert("records_per_s".into(), json!(round(self.records as f64 / secs, 1)));
-        let pct = |q: f64| json!(if h.is_empty() { 0 } else { h.value_at_quantile(q) });
+        m.insert(
+            "requests_per_s".into(),
+            json!(round(self.ok as f64 / secs, 1)),
+        );
+        m.insert(
+            "records_per_s".into(),
+            json!(round(self.records as f64 / secs, 1)),
+        );
+        let pct = |q: f64| {
+            json!(if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            })
+        };
         m.insert("p50_us".into(), pct(0.5));
         m.insert("p90_us".into(), pct(0.9));
         m.insert("p99_us".into(), pct(0.99));

@@ -7,9 +7,11 @@ pub mod config;
 pub mod event;
 pub mod mesh;
 pub mod ops;
+pub mod router;
 pub mod shard;
 pub mod topic;
 pub mod wal;
+pub mod watch;
 
 pub use config::{ConfigPatch, Discard, Durability, TopicConfig, TopicType};
 pub use mesh::{shard_for, Command, Reply, ShardError};

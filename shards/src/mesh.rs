@@ -44,6 +44,78 @@ pub enum Command {
         before_seq: Option<u64>,
         matcher: Option<TagMatch>,
     },
+    /// Create or update a router (handled by shard 0, which serialises router changes).
+    PutRouter {
+        name: String,
+        config: RouterConfig,
+    },
+    /// Install a validated router on its source's shard.
+    InstallRouter {
+        name: String,
+        config: RouterConfig,
+    },
+    /// This shard's routers matching the filters, in name order.
+    ListRouters(RouterFilter),
+    DeleteRouter {
+        name: String,
+    },
+    /// Remove every router of this shard whose source or dest is `topic`.
+    RemoveRoutersFor {
+        topic: String,
+    },
+    /// Watch sessions, on the shard `hash(wid)`.
+    CreateWatch {
+        wid: String,
+        spec: crate::watch::WatchSpec,
+    },
+    OpenWatch {
+        wid: String,
+        rewind: Option<Vec<(String, u64)>>,
+    },
+    WatchProgress {
+        wid: String,
+        cursors: Vec<(String, u64)>,
+        close: bool,
+    },
+}
+
+/// A router's configuration (SPEC §8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    pub source: String,
+    pub dest: String,
+    pub preserve_node: bool,
+    pub preserve_tag: bool,
+    pub create_dest: bool,
+    pub filter: Option<TagMatch>,
+    pub allow_cycle: bool,
+    pub exactly_once: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouterFilter {
+    pub name: Option<String>,
+    pub prefix: String,
+    pub source: Option<String>,
+    pub dest: Option<String>,
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouterInfo {
+    pub name: String,
+    pub config: RouterConfig,
+    pub forwarded_total: u64,
+    pub cursor: u64,
+}
+
+/// Marks a router's copy so the dest can drop what it already holds (exactly-once).
+#[derive(Debug, Clone)]
+pub struct RouterMark {
+    pub router: String,
+    /// The source seq of each record in the batch, ascending.
+    pub src_seqs: Vec<u64>,
 }
 
 impl Command {
@@ -56,7 +128,15 @@ impl Command {
             | Command::DeleteRecords { topic, .. } => Some(topic),
             Command::Append(a) => Some(&a.topic),
             Command::Diff(d) => Some(&d.topic),
-            Command::ListTopics { .. } => None,
+            Command::InstallRouter { config, .. } => Some(&config.source),
+            Command::ListTopics { .. }
+            | Command::PutRouter { .. }
+            | Command::ListRouters(_)
+            | Command::DeleteRouter { .. }
+            | Command::RemoveRoutersFor { .. }
+            | Command::CreateWatch { .. }
+            | Command::OpenWatch { .. }
+            | Command::WatchProgress { .. } => None,
         }
     }
 }
@@ -70,6 +150,8 @@ pub struct AppendCmd {
     pub create: Option<bool>,
     /// Applied only if this write creates the topic.
     pub config: Option<ConfigPatch>,
+    /// Set by exactly-once routers.
+    pub router_mark: Option<RouterMark>,
 }
 
 #[derive(Debug)]
@@ -79,14 +161,45 @@ pub struct DiffCmd {
     pub limit: usize,
     pub nodes: Vec<String>,
     pub wait_ms: u64,
+    /// Only records already on stable storage (watch `consistency: "strong"`).
+    pub durable_only: bool,
+}
+
+/// How a shard reaches the others (implemented by the server's channel mesh).
+pub trait Remote {
+    fn call(
+        &self,
+        shard: usize,
+        cmd: Command,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + '_>>;
+    fn shards(&self) -> usize;
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ShardError {
     TopicNotFound,
-    TopicExistsIncompatible { current: TopicType },
-    TopicNotEmpty { count: u64 },
-    TopicFull { cap_records: u64, cap_bytes: u64 },
+    TopicExistsIncompatible {
+        current: TopicType,
+    },
+    TopicNotEmpty {
+        count: u64,
+    },
+    TopicFull {
+        cap_records: u64,
+        cap_bytes: u64,
+    },
+    RouterCycle {
+        cycle: Vec<String>,
+    },
+    /// A router change that conflicts with existing routers (source/dest change, fan-in).
+    RouterIncompatible {
+        message: String,
+    },
+    /// A topic other than the request's own is missing.
+    OtherTopicNotFound {
+        topic: String,
+    },
+    SessionNotFound,
     NotReady,
     ShuttingDown,
     Storage(String),
@@ -101,6 +214,12 @@ pub enum Reply {
     Appended(AppendReply),
     Diff(DiffReply),
     DeletedRecords(DeleteReply),
+    Router { created: bool, info: RouterInfo },
+    Routers(Vec<RouterInfo>),
+    RouterDeleted { deleted: bool },
+    RoutersRemoved(Vec<String>),
+    WatchOk,
+    Watch(Box<crate::watch::WatchSpec>),
     Err(ShardError),
 }
 

@@ -5,7 +5,9 @@
 
 use crate::codec::{Dec, Enc};
 use crate::config::TopicConfig;
+use crate::mesh::RouterConfig;
 use crate::topic::{NewRecord, TagMatch};
+use crate::watch::WatchSpec;
 use std::sync::Arc;
 
 pub const K_CONFIG: u8 = 10;
@@ -15,6 +17,12 @@ pub const K_DELETE: u8 = 13;
 pub const K_DROP: u8 = 14;
 pub const K_SKIPPED: u8 = 15;
 pub const K_SETTLE: u8 = 16;
+pub const K_ROUTER_PUT: u8 = 20;
+pub const K_ROUTER_CURSOR: u8 = 21;
+pub const K_ROUTER_DEL: u8 = 22;
+pub const K_WATCH_PUT: u8 = 30;
+pub const K_WATCH_CURSOR: u8 = 31;
+pub const K_WATCH_DEL: u8 = 32;
 
 #[derive(Debug)]
 pub enum Op {
@@ -29,6 +37,8 @@ pub enum Op {
         ts: u64,
         idem_key: Option<String>,
         records: Vec<NewRecord>,
+        /// Exactly-once router mark: (router, last source seq), committed with the records.
+        mark: Option<(String, u64)>,
     },
     /// An ephemeral topic's append: the seqs and key are logged, the records are not.
     Skipped {
@@ -58,6 +68,52 @@ pub enum Op {
         topic: String,
         head: u64,
     },
+    /// A router installed or reconfigured on its source's shard (`topic` is the router name).
+    RouterPut {
+        topic: String,
+        config: RouterConfig,
+        cursor: u64,
+        forwarded: u64,
+    },
+    /// A router's progress: source seqs up to `cursor` are forwarded.
+    RouterCursor {
+        topic: String,
+        cursor: u64,
+        forwarded: u64,
+    },
+    RouterDel {
+        topic: String,
+    },
+    /// A watch session created (`topic` is the wid).
+    WatchPut {
+        topic: String,
+        spec: WatchSpec,
+    },
+    /// A watch session's cursors moved.
+    WatchCursor {
+        topic: String,
+        cursors: Vec<(String, u64)>,
+    },
+    WatchDel {
+        topic: String,
+    },
+}
+
+fn encode_match(e: &mut Enc<'_>, m: &Option<TagMatch>) {
+    match m {
+        None => e.u8(0),
+        Some(TagMatch::Eq(s)) => e.u8(1).bytes(s.as_bytes()),
+        Some(TagMatch::Prefix(s)) => e.u8(2).bytes(s.as_bytes()),
+    };
+}
+
+fn decode_match(d: &mut Dec<'_>) -> Option<Option<TagMatch>> {
+    Some(match d.u8()? {
+        0 => None,
+        1 => Some(TagMatch::Eq(d.str()?.to_owned())),
+        2 => Some(TagMatch::Prefix(d.str()?.to_owned())),
+        _ => return None,
+    })
 }
 
 impl Op {
@@ -70,6 +126,12 @@ impl Op {
             Op::Delete { .. } => K_DELETE,
             Op::Drop { .. } => K_DROP,
             Op::Settle { .. } => K_SETTLE,
+            Op::RouterPut { .. } => K_ROUTER_PUT,
+            Op::RouterCursor { .. } => K_ROUTER_CURSOR,
+            Op::RouterDel { .. } => K_ROUTER_DEL,
+            Op::WatchPut { .. } => K_WATCH_PUT,
+            Op::WatchCursor { .. } => K_WATCH_CURSOR,
+            Op::WatchDel { .. } => K_WATCH_DEL,
         }
     }
 
@@ -81,7 +143,13 @@ impl Op {
             | Op::Reserve { topic, .. }
             | Op::Delete { topic, .. }
             | Op::Drop { topic }
-            | Op::Settle { topic, .. } => topic,
+            | Op::Settle { topic, .. }
+            | Op::RouterPut { topic, .. }
+            | Op::RouterCursor { topic, .. }
+            | Op::RouterDel { topic }
+            | Op::WatchPut { topic, .. }
+            | Op::WatchCursor { topic, .. }
+            | Op::WatchDel { topic } => topic,
         }
     }
 
@@ -95,17 +163,23 @@ impl Op {
                 ts,
                 idem_key,
                 records,
+                mark,
                 ..
             } => {
                 e.u64(*first_seq)
                     .u64(*ts)
-                    .opt_bytes(idem_key.as_deref().map(str::as_bytes))
-                    .u32(records.len() as u32);
+                    .opt_bytes(idem_key.as_deref().map(str::as_bytes));
+                match mark {
+                    Some((r, s)) => e.u8(1).bytes(r.as_bytes()).u64(*s),
+                    None => e.u8(0),
+                };
+                e.u32(records.len() as u32);
                 for r in records {
                     e.opt_bytes(r.node.as_deref().map(str::as_bytes))
                         .opt_bytes(r.tag.as_deref().map(str::as_bytes))
                         .bytes(&r.data)
-                        .opt_bytes(r.meta.as_deref());
+                        .opt_bytes(r.meta.as_deref())
+                        .u8(r.hops);
                 }
             }
             Op::Skipped {
@@ -133,15 +207,41 @@ impl Op {
                     Some(b) => e.u8(1).u64(*b),
                     None => e.u8(0),
                 };
-                match matcher {
-                    None => e.u8(0),
-                    Some(TagMatch::Eq(s)) => e.u8(1).bytes(s.as_bytes()),
-                    Some(TagMatch::Prefix(s)) => e.u8(2).bytes(s.as_bytes()),
-                };
+                encode_match(&mut e, matcher);
                 e.u64(*upto_seq);
             }
             Op::Settle { head, .. } => {
                 e.u64(*head);
+            }
+            Op::RouterPut {
+                config,
+                cursor,
+                forwarded,
+                ..
+            } => {
+                let flags = config.preserve_node as u8
+                    | (config.preserve_tag as u8) << 1
+                    | (config.create_dest as u8) << 2
+                    | (config.allow_cycle as u8) << 3
+                    | (config.exactly_once as u8) << 4;
+                e.bytes(config.source.as_bytes())
+                    .bytes(config.dest.as_bytes())
+                    .u8(flags);
+                encode_match(&mut e, &config.filter);
+                e.u64(*cursor).u64(*forwarded);
+            }
+            Op::RouterCursor {
+                cursor, forwarded, ..
+            } => {
+                e.u64(*cursor).u64(*forwarded);
+            }
+            Op::RouterDel { .. } | Op::WatchDel { .. } => {}
+            Op::WatchPut { spec, .. } => spec.encode(e.0),
+            Op::WatchCursor { cursors, .. } => {
+                e.u32(cursors.len() as u32);
+                for (t, c) in cursors {
+                    e.bytes(t.as_bytes()).u64(*c);
+                }
             }
             Op::Drop { .. } => {}
         }
@@ -161,6 +261,11 @@ impl Op {
                 let first_seq = d.u64()?;
                 let ts = d.u64()?;
                 let idem_key = key(&mut d)?;
+                let mark = match d.u8()? {
+                    0 => None,
+                    1 => Some((d.str()?.to_owned(), d.u64()?)),
+                    _ => return None,
+                };
                 let n = d.u32()? as usize;
                 let mut records = Vec::with_capacity(n.min(10_000));
                 for _ in 0..n {
@@ -169,6 +274,7 @@ impl Op {
                         tag: d.opt_str()?.map(Arc::from),
                         data: Arc::from(d.bytes()?),
                         meta: d.opt_bytes()?.map(Arc::from),
+                        hops: d.u8()?,
                     });
                 }
                 Op::Append {
@@ -177,6 +283,7 @@ impl Op {
                     ts,
                     idem_key,
                     records,
+                    mark,
                 }
             }
             K_SKIPPED => Op::Skipped {
@@ -195,12 +302,7 @@ impl Op {
                     0 => None,
                     _ => Some(d.u64()?),
                 };
-                let matcher = match d.u8()? {
-                    0 => None,
-                    1 => Some(TagMatch::Eq(d.str()?.to_owned())),
-                    2 => Some(TagMatch::Prefix(d.str()?.to_owned())),
-                    _ => return None,
-                };
+                let matcher = decode_match(&mut d)?;
                 Op::Delete {
                     topic,
                     before_seq,
@@ -213,6 +315,46 @@ impl Op {
                 topic,
                 head: d.u64()?,
             },
+            K_ROUTER_PUT => {
+                let source = d.str()?.to_owned();
+                let dest = d.str()?.to_owned();
+                let flags = d.u8()?;
+                let filter = decode_match(&mut d)?;
+                Op::RouterPut {
+                    topic,
+                    config: RouterConfig {
+                        source,
+                        dest,
+                        preserve_node: flags & 1 != 0,
+                        preserve_tag: flags & 2 != 0,
+                        create_dest: flags & 4 != 0,
+                        allow_cycle: flags & 8 != 0,
+                        exactly_once: flags & 16 != 0,
+                        filter,
+                    },
+                    cursor: d.u64()?,
+                    forwarded: d.u64()?,
+                }
+            }
+            K_ROUTER_CURSOR => Op::RouterCursor {
+                topic,
+                cursor: d.u64()?,
+                forwarded: d.u64()?,
+            },
+            K_ROUTER_DEL => Op::RouterDel { topic },
+            K_WATCH_PUT => Op::WatchPut {
+                topic,
+                spec: WatchSpec::decode(&mut d)?,
+            },
+            K_WATCH_CURSOR => {
+                let n = d.u32()? as usize;
+                let mut cursors = Vec::with_capacity(n.min(256));
+                for _ in 0..n {
+                    cursors.push((d.str()?.to_owned(), d.u64()?));
+                }
+                Op::WatchCursor { topic, cursors }
+            }
+            K_WATCH_DEL => Op::WatchDel { topic },
             _ => return None,
         })
     }
@@ -239,11 +381,13 @@ mod tests {
             first_seq: 5,
             ts: 99,
             idem_key: Some("k".into()),
+            mark: Some(("r".into(), 7)),
             records: vec![NewRecord {
                 node: Some(Arc::from("n")),
                 tag: None,
                 data: Arc::from(&b"{ \"a\" : 1 }"[..]),
                 meta: Some(Arc::from(&b"{}"[..])),
+                hops: 0,
             }],
         };
         match round_trip(op) {

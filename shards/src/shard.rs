@@ -4,11 +4,12 @@
 //! in a `RefCell`'d map that is never borrowed across an `.await`.
 
 use crate::config::{Durability, TopicConfig};
-use crate::event::Event;
 use crate::mesh::*;
 use crate::ops::Op;
+use crate::router::{apply_router, RouterState};
 use crate::topic::{LossReason, Topic};
 use crate::wal::{self, ReplayProgress, Wal, WalError};
+use crate::watch::{apply_watch, Session};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -44,7 +45,13 @@ const RESERVE_AHEAD: u64 = 1000;
 
 pub struct Shard {
     pub opts: ShardOptions,
-    topics: RefCell<BTreeMap<String, Topic>>,
+    pub(crate) topics: RefCell<BTreeMap<String, Topic>>,
+    pub(crate) routers: RefCell<BTreeMap<String, RouterState>>,
+    pub(crate) sessions: RefCell<BTreeMap<String, Session>>,
+    /// Serialises router changes (used on shard 0).
+    pub(crate) router_lock: glommio::sync::Semaphore,
+    remote: RefCell<Option<Rc<dyn Remote>>>,
+    generation: Cell<u64>,
     /// LSN of the latest reservation frame per topic, keyed like `topics`.
     reserve_lsn: RefCell<BTreeMap<String, u64>>,
     pub wal: Rc<Wal>,
@@ -71,9 +78,13 @@ fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
             ts,
             idem_key,
             records,
+            mark,
         } => {
             if let Some(t) = topics.get_mut(&topic) {
                 t.apply_append(first_seq, ts, idem_key.as_deref(), records);
+                if let Some((r, s)) = mark {
+                    t.router_marks.insert(r.into(), s);
+                }
             }
         }
         Op::Skipped {
@@ -114,6 +125,12 @@ fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
                 t.changed.notify_all();
             }
         }
+        Op::RouterPut { .. }
+        | Op::RouterCursor { .. }
+        | Op::RouterDel { .. }
+        | Op::WatchPut { .. }
+        | Op::WatchCursor { .. }
+        | Op::WatchDel { .. } => {}
     }
 }
 
@@ -124,6 +141,8 @@ impl Shard {
         progress: &ReplayProgress,
     ) -> Result<Rc<Shard>, WalError> {
         let mut topics = BTreeMap::new();
+        let mut routers = BTreeMap::new();
+        let mut sessions = BTreeMap::new();
         let now = now_ms();
         let mut undecodable = 0u64;
         let wal = wal::open(
@@ -132,6 +151,12 @@ impl Shard {
             opts.sync_interval,
             progress,
             |kind, body| match Op::decode(kind, body) {
+                Some(
+                    op @ (Op::RouterPut { .. } | Op::RouterCursor { .. } | Op::RouterDel { .. }),
+                ) => apply_router(&mut routers, op, 0),
+                Some(op @ (Op::WatchPut { .. } | Op::WatchCursor { .. } | Op::WatchDel { .. })) => {
+                    apply_watch(&mut sessions, op, now)
+                }
                 Some(op) => apply(&mut topics, op, now),
                 None => undecodable += 1,
             },
@@ -166,6 +191,11 @@ impl Shard {
         let shard = Rc::new(Shard {
             opts,
             topics: RefCell::new(topics),
+            routers: RefCell::new(routers),
+            sessions: RefCell::new(sessions),
+            router_lock: glommio::sync::Semaphore::new(1),
+            remote: RefCell::new(None),
+            generation: Cell::new(1),
             reserve_lsn: RefCell::new(BTreeMap::new()),
             wal,
             scratch: RefCell::new(Vec::with_capacity(64 << 10)),
@@ -173,6 +203,7 @@ impl Shard {
             closed: Cell::new(false),
         });
         shard.start_sweeper();
+        shard.start_session_reaper();
         Ok(shard)
     }
 
@@ -209,8 +240,40 @@ impl Shard {
             .store(topics.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Connects the shard to the others and starts its background work (router forwarders).
+    pub fn start(self: &Rc<Self>, remote: Rc<dyn Remote>) {
+        *self.remote.borrow_mut() = Some(remote);
+        self.start_forwarders();
+    }
+
+    pub(crate) fn remote(&self) -> Result<Rc<dyn Remote>, ShardError> {
+        self.remote.borrow().clone().ok_or(ShardError::NotReady)
+    }
+
+    pub(crate) fn next_generation(&self) -> u64 {
+        let g = self.generation.get() + 1;
+        self.generation.set(g);
+        g
+    }
+
+    /// Creates `topic` with defaults if missing; returns its visible head.
+    pub(crate) fn ensure_topic(&self, topic: &str) -> u64 {
+        let mut topics = self.topics.borrow_mut();
+        if let Some(t) = topics.get(topic) {
+            return t.visible_seq;
+        }
+        let op = Op::Config {
+            topic: topic.to_string(),
+            config: TopicConfig::defaults(self.opts.auto_create),
+        };
+        self.log(&op, true);
+        apply(&mut topics, op, now_ms());
+        self.update_gauge(&topics);
+        0
+    }
+
     /// Encodes `op` into a WAL frame and queues it; returns its LSN.
-    fn log(&self, op: &Op, urgent: bool) -> u64 {
+    pub(crate) fn log(&self, op: &Op, urgent: bool) -> u64 {
         let mut buf = self.scratch.borrow_mut();
         buf.clear();
         op.encode(&mut buf);
@@ -221,14 +284,14 @@ impl Shard {
         lsn
     }
 
-    async fn durable(&self, lsn: u64) -> Result<(), ShardError> {
+    pub(crate) async fn durable(&self, lsn: u64) -> Result<(), ShardError> {
         self.wal
             .wait_durable(lsn)
             .await
             .map_err(|e| ShardError::Storage(e.0))
     }
 
-    fn check_writable(&self) -> Result<(), ShardError> {
+    pub(crate) fn check_writable(&self) -> Result<(), ShardError> {
         if self.closed.get() {
             return Err(ShardError::ShuttingDown);
         }
@@ -265,7 +328,7 @@ impl Shard {
         self.durable(last).await
     }
 
-    pub async fn execute(&self, cmd: Command) -> Reply {
+    pub async fn execute(self: &Rc<Self>, cmd: Command) -> Reply {
         let r = match cmd {
             Command::PutTopic { topic, patch } => self.put_topic(topic, patch).await,
             Command::GetTopic { topic, touch } => self.get_topic(&topic, touch),
@@ -282,6 +345,18 @@ impl Shard {
                 before_seq,
                 matcher,
             } => self.delete_records(topic, before_seq, matcher).await,
+            Command::PutRouter { name, config } => self.put_router(name, config).await,
+            Command::InstallRouter { name, config } => self.install_router(name, config).await,
+            Command::ListRouters(f) => Ok(self.list_routers(&f)),
+            Command::DeleteRouter { name } => self.delete_router(&name),
+            Command::RemoveRoutersFor { topic } => self.remove_routers_for(&topic),
+            Command::CreateWatch { wid, spec } => self.create_watch(wid, spec).await,
+            Command::OpenWatch { wid, rewind } => self.open_watch(&wid, rewind),
+            Command::WatchProgress {
+                wid,
+                cursors,
+                close,
+            } => self.watch_progress(&wid, cursors, close),
         };
         r.unwrap_or_else(Reply::Err)
     }
@@ -416,8 +491,9 @@ impl Shard {
             idempotency_key,
             create,
             config,
+            router_mark,
         } = cmd;
-        let n = records.len() as u64;
+        let mut records = records;
         let (reply, wait_lsn, durability, changed) = {
             let mut topics = self.topics.borrow_mut();
             let mut created = false;
@@ -451,6 +527,30 @@ impl Shard {
                     }));
                 }
             }
+            let mut mark = None;
+            if let Some(m) = router_mark {
+                let have = t.router_marks.get(m.router.as_str()).copied().unwrap_or(0);
+                if have > 0 {
+                    records = records
+                        .into_iter()
+                        .zip(m.src_seqs.iter())
+                        .filter(|(_, s)| **s > have)
+                        .map(|(r, _)| r)
+                        .collect();
+                }
+                if records.is_empty() {
+                    return Ok(Reply::Appended(AppendReply {
+                        created,
+                        deduped: true,
+                        first_seq: t.head_seq,
+                        last_seq: t.head_seq,
+                        head_seq: t.visible_seq,
+                        timings: Timings::default(),
+                    }));
+                }
+                mark = m.src_seqs.last().map(|s| (m.router, *s));
+            }
+            let n = records.len() as u64;
             let bytes: u64 = records.iter().map(|r| r.size()).sum();
             if t.would_reject(n, bytes) {
                 return Err(ShardError::TopicFull {
@@ -473,6 +573,9 @@ impl Shard {
                 };
                 let lsn = self.log(&op, false);
                 t.apply_append(first_seq, ts, idempotency_key.as_deref(), records);
+                if let Some((r, s)) = mark {
+                    t.router_marks.insert(r.into(), s);
+                }
                 lsn
             } else {
                 let op = Op::Append {
@@ -481,13 +584,20 @@ impl Shard {
                     ts,
                     idem_key: idempotency_key,
                     records,
+                    mark,
                 };
                 let lsn = self.log(&op, durability == Durability::Fsync);
                 if let Op::Append {
-                    idem_key, records, ..
+                    idem_key,
+                    records,
+                    mark,
+                    ..
                 } = op
                 {
                     t.apply_append(first_seq, ts, idem_key.as_deref(), records);
+                    if let Some((r, s)) = mark {
+                        t.router_marks.insert(r.into(), s);
+                    }
                 }
                 lsn
             };
@@ -506,6 +616,11 @@ impl Shard {
                     reserve.insert(topic.clone(), lsn);
                 }
                 t.visible_seq = t.head_seq;
+                t.unsynced.push_back((wait_lsn, first_seq));
+                let durable_lsn = self.wal.durable_lsn();
+                while t.unsynced.front().is_some_and(|(l, _)| *l <= durable_lsn) {
+                    t.unsynced.pop_front();
+                }
                 reserve
                     .get(&topic)
                     .copied()
@@ -548,15 +663,22 @@ impl Shard {
     async fn diff(&self, cmd: DiffCmd) -> Result<Reply, ShardError> {
         let deadline = Instant::now() + Duration::from_millis(cmd.wait_ms);
         loop {
-            let changed: Rc<Event> = {
+            let (changed, durable_wait) = {
                 let mut topics = self.topics.borrow_mut();
                 let t = topics
                     .get_mut(&cmd.topic)
                     .ok_or(ShardError::TopicNotFound)?;
-                t.last_read_ts = now_ms();
-                let head = t.visible_seq;
-                let earliest = t.earliest_seq().min(head + 1);
-                let (from, tombstone) = if cmd.from_seq > head {
+                let now = now_ms();
+                t.expire(now);
+                t.last_read_ts = now;
+                let visible = t.visible_seq;
+                let (head, durable_wait) = if cmd.durable_only {
+                    t.durable_seq(self.wal.durable_lsn())
+                } else {
+                    (visible, None)
+                };
+                let earliest = t.earliest_seq().min(visible + 1);
+                let (from, tombstone) = if cmd.from_seq > visible {
                     let gap_to = if t.evict_floor > 1 { earliest - 1 } else { 0 };
                     let tomb = Tombstone {
                         gap_from: 1,
@@ -583,7 +705,7 @@ impl Shard {
                 } else {
                     &[]
                 };
-                let r = t.read(from, cmd.limit, nodes);
+                let r = t.read_upto(from, cmd.limit, nodes, head);
                 let caught_up = r.next_from_seq >= head;
                 if !r.records.is_empty()
                     || tombstone.is_some()
@@ -600,14 +722,22 @@ impl Shard {
                         dedupe_node: t.config.dedupe_node,
                     }));
                 }
-                t.changed.clone()
+                (t.changed.clone(), durable_wait)
             };
             let listener = changed.listen();
             let timeout = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
-            futures_lite::future::or(listener, async {
+            let woken = futures_lite::future::or(listener, async {
                 timeout.await;
-            })
-            .await;
+            });
+            match durable_wait {
+                Some(lsn) => {
+                    futures_lite::future::or(woken, async {
+                        let _ = self.wal.wait_durable(lsn).await;
+                    })
+                    .await
+                }
+                None => woken.await,
+            }
         }
     }
 

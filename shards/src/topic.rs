@@ -19,6 +19,8 @@ pub struct Record {
     pub tag: Option<Arc<str>>,
     pub data: Arc<[u8]>,
     pub meta: Option<Arc<[u8]>>,
+    /// How many routers this record has passed through (stops forwarding loops).
+    pub hops: u8,
 }
 
 impl Record {
@@ -34,6 +36,7 @@ pub struct NewRecord {
     pub tag: Option<Arc<str>>,
     pub data: Arc<[u8]>,
     pub meta: Option<Arc<[u8]>>,
+    pub hops: u8,
 }
 
 impl NewRecord {
@@ -115,6 +118,10 @@ pub struct Topic {
     pub evict_reason: Option<LossReason>,
     idem: HashMap<Box<str>, IdemEntry>,
     idem_order: VecDeque<(u64, Box<str>)>,
+    /// Non-`fsync` appends not yet known durable: (WAL lsn, first seq), oldest first.
+    pub unsynced: VecDeque<(u64, u64)>,
+    /// Exactly-once routers: the last source seq each router has landed here.
+    pub router_marks: HashMap<Box<str>, u64>,
     /// Woken whenever records become visible (long-polls, watchers).
     pub changed: Rc<Event>,
 }
@@ -147,6 +154,8 @@ impl Topic {
             evict_reason: None,
             idem: HashMap::new(),
             idem_order: VecDeque::new(),
+            router_marks: HashMap::new(),
+            unsynced: VecDeque::new(),
             changed: Rc::new(Event::new()),
         }
     }
@@ -212,6 +221,7 @@ impl Topic {
                 tag: r.tag,
                 data: r.data,
                 meta: r.meta,
+                hops: r.hops,
             }));
         }
         self.finish_append(first_seq, n, ts, idem_key);
@@ -378,10 +388,36 @@ impl Topic {
         deleted
     }
 
+    /// The last seq known to be on stable storage, given the WAL's durable LSN, and the LSN
+    /// to wait for to learn more (if anything visible is not yet durable).
+    pub fn durable_seq(&mut self, durable_lsn: u64) -> (u64, Option<u64>) {
+        while let Some(&(lsn, _)) = self.unsynced.front() {
+            if lsn > durable_lsn {
+                break;
+            }
+            self.unsynced.pop_front();
+        }
+        match self.unsynced.front() {
+            Some(&(lsn, first)) => (first.saturating_sub(1).min(self.visible_seq), Some(lsn)),
+            None => (self.visible_seq, None),
+        }
+    }
+
     /// Reads visible records after `from_seq`, skipping deleted ones and those whose node is
     /// in `skip_nodes`.
     pub fn read(&self, from_seq: u64, limit: usize, skip_nodes: &[String]) -> ReadResult {
-        let visible = self.visible_seq;
+        self.read_upto(from_seq, limit, skip_nodes, self.visible_seq)
+    }
+
+    /// As [`read`](Self::read), but only up to seq `upto` (at most the visible head).
+    pub fn read_upto(
+        &self,
+        from_seq: u64,
+        limit: usize,
+        skip_nodes: &[String],
+        upto: u64,
+    ) -> ReadResult {
+        let visible = self.visible_seq.min(upto);
         let mut out = Vec::new();
         let mut next = from_seq.max(self.base_seq.saturating_sub(1)).min(visible);
         let mut scanned = 0u64;
@@ -436,6 +472,7 @@ mod tests {
             tag: tag.map(Arc::from),
             data: Arc::from(&b"1"[..]),
             meta: None,
+            hops: 0,
         }
     }
 

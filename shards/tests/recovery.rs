@@ -6,6 +6,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use shards::mesh::{AppendCmd, DiffCmd, DiffReply};
 use shards::{Command, NewRecord, ReplayProgress, Reply, Shard, ShardOptions};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,10 +52,11 @@ fn record(data: &str) -> NewRecord {
         tag: None,
         data: Arc::from(data.as_bytes()),
         meta: None,
+        hops: 0,
     }
 }
 
-async fn append(shard: &Shard, topic: &str, data: &[&str]) -> (u64, u64) {
+async fn append(shard: &Rc<Shard>, topic: &str, data: &[&str]) -> (u64, u64) {
     let cmd = Command::Append(AppendCmd {
         topic: topic.into(),
         records: data.iter().map(|d| record(d)).collect(),
@@ -64,6 +66,7 @@ async fn append(shard: &Shard, topic: &str, data: &[&str]) -> (u64, u64) {
             durable: Some(true),
             ..Default::default()
         }),
+        router_mark: None,
     });
     match shard.execute(cmd).await {
         Reply::Appended(r) => (r.first_seq, r.last_seq),
@@ -71,13 +74,14 @@ async fn append(shard: &Shard, topic: &str, data: &[&str]) -> (u64, u64) {
     }
 }
 
-async fn read_all(shard: &Shard, topic: &str) -> DiffReply {
+async fn read_all(shard: &Rc<Shard>, topic: &str) -> DiffReply {
     let cmd = Command::Diff(DiffCmd {
         topic: topic.into(),
         from_seq: 0,
         limit: 100_000,
         nodes: vec![],
         wait_ms: 0,
+        durable_only: false,
     });
     match shard.execute(cmd).await {
         Reply::Diff(d) => d,

@@ -60,6 +60,15 @@ impl ApiError {
             .header("retry-after", "1".into())
     }
 
+    pub fn router_not_found(router: &str) -> Self {
+        Self::new(
+            404,
+            "router_not_found",
+            format!("router {router:?} does not exist"),
+        )
+        .detail(json!({ "router": router }))
+    }
+
     pub fn topic_not_found(topic: &str) -> Self {
         Self::new(
             404,
@@ -96,6 +105,21 @@ impl ApiError {
                 format!("topic {topic:?} is full and its discard policy is \"reject\""),
             )
             .detail(json!({ "topic": topic, "cap_records": cap_records, "cap_bytes": cap_bytes })),
+            ShardError::RouterCycle { cycle } => Self::new(
+                409,
+                "router_cycle",
+                format!("this router would close a cycle: {}", cycle.join(" -> ")),
+            )
+            .detail(json!({ "cycle": cycle })),
+            ShardError::RouterIncompatible { message } => {
+                Self::new(409, "topic_exists_incompatible", message)
+            }
+            ShardError::OtherTopicNotFound { topic } => Self::topic_not_found(&topic),
+            ShardError::SessionNotFound => Self::new(
+                404,
+                "not_found",
+                "watch session does not exist or has expired",
+            ),
             ShardError::NotReady => Self::not_ready(0.0),
             ShardError::ShuttingDown => Self::shutting_down(),
             ShardError::Storage(msg) => {

@@ -6,7 +6,9 @@ mod errors;
 pub mod json;
 mod ops;
 mod records;
+mod routers;
 mod topics;
+mod watch;
 
 use crate::http::{Handler, Request, Response};
 use crate::runtime::Node;
@@ -71,6 +73,7 @@ pub fn json_response(status: u16, body: Vec<u8>) -> Response {
         content_type: "application/json",
         headers: Vec::new(),
         body,
+        stream: None,
     }
 }
 
@@ -151,6 +154,49 @@ pub fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiErro
     serde_json::from_str(text).map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
 }
 
+/// Opaque list cursor: hex of the last name returned.
+pub fn encode_cursor(name: &str) -> String {
+    let mut s = String::with_capacity(1 + name.len() * 2);
+    s.push('c');
+    for b in name.bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+pub fn decode_cursor(c: &str) -> Option<String> {
+    let hex = c.strip_prefix('c')?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// `?page_size=` (default 100, clamped to 1000) and the decoded `?cursor=`.
+pub fn page(req: &Request) -> Result<(usize, Option<String>), ApiError> {
+    let page_size = match req.query_param("page_size") {
+        None => 100,
+        Some(p) => match p.parse::<usize>() {
+            Ok(0) | Err(_) => {
+                return Err(ApiError::invalid(
+                    "page_size must be an integer from 1 to 1000",
+                ))
+            }
+            Ok(n) => n.min(1000),
+        },
+    };
+    let after = match req.query_param("cursor") {
+        None => None,
+        Some(c) if c.is_empty() => None,
+        Some(c) => Some(decode_cursor(&c).ok_or_else(|| ApiError::invalid("invalid cursor"))?),
+    };
+    Ok((page_size, after))
+}
+
 pub fn query_bool(req: &Request, name: &str, default: bool) -> Result<bool, ApiError> {
     match req.query_param(name).as_deref() {
         None => Ok(default),
@@ -200,6 +246,40 @@ impl Api {
                 allow(&req, "GET")?;
                 self.require_ready()?;
                 topics::list(self, &req, start).await
+            }
+            "/v0/watch" => {
+                allow(&req, "POST")?;
+                self.require_ready()?;
+                watch::create(self, &req, start).await
+            }
+            _ if path.starts_with("/v0/watch/") => {
+                let wid = &path["/v0/watch/".len()..];
+                if wid.is_empty() || wid.contains('/') {
+                    return Err(ApiError::route_not_found(path));
+                }
+                allow(&req, "GET")?;
+                self.require_ready()?;
+                watch::open(self, wid.to_string(), &req).await
+            }
+            "/v0/routers" => {
+                allow(&req, "GET")?;
+                self.require_ready()?;
+                routers::list(self, &req, start).await
+            }
+            _ if path.starts_with("/v0/routers/") => {
+                let name = &path["/v0/routers/".len()..];
+                if name.is_empty() || name.contains('/') {
+                    return Err(ApiError::route_not_found(path));
+                }
+                allow(&req, "GET, PUT, DELETE")?;
+                self.require_ready()?;
+                routers::check_router_name(name)?;
+                let name = name.to_string();
+                match req.method.as_str() {
+                    "GET" => routers::get(self, name, start).await,
+                    "PUT" => routers::put(self, name, &req, start).await,
+                    _ => routers::delete(self, name, start).await,
+                }
             }
             _ => {
                 let Some(rest) = path.strip_prefix("/v0/topics/") else {
@@ -269,6 +349,16 @@ impl Handler for Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursor_round_trip() {
+        for n in ["a", "orders:tenantA", "z.z-_"] {
+            assert_eq!(decode_cursor(&encode_cursor(n)).as_deref(), Some(n));
+        }
+        assert!(decode_cursor("zz").is_none());
+        assert!(decode_cursor("c0").is_none());
+        assert!(decode_cursor("cg0").is_none());
+    }
 
     #[test]
     fn topic_names() {

@@ -144,6 +144,7 @@ fn to_record(
         tag: r.tag.as_deref().map(Arc::from),
         data: Arc::from(data),
         meta: meta.map(Arc::from),
+        hops: 0,
     })
 }
 
@@ -199,6 +200,7 @@ pub async fn append(api: &Api, topic: String, req: &Request, start: Instant) -> 
         idempotency_key: key,
         create: body.create,
         config,
+        router_mark: None,
     });
     let Reply::Appended(r) = api.ask(&topic, cmd).await? else {
         return Err(unexpected());
@@ -225,11 +227,57 @@ pub async fn append(api: &Api, topic: String, req: &Request, start: Instant) -> 
     Ok(json_response(if r.created { 201 } else { 200 }, body))
 }
 
+/// A JSON array of records as diff and watch return them: `$`-metadata, then the stored
+/// `data` and `meta` bytes verbatim.
+pub fn write_records(
+    out: &mut Vec<u8>,
+    records: &[shards::Record],
+    include_tags: bool,
+    include_meta: bool,
+    include_data: bool,
+) {
+    out.push(b'[');
+    for (i, rec) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut j = Obj::new(out);
+        j.u64("$seq", rec.seq).u64("$ts", rec.ts);
+        if let Some(n) = &rec.node {
+            j.str("$node", n);
+        }
+        if include_tags {
+            if let Some(t) = &rec.tag {
+                j.str("$tag", t);
+            }
+        }
+        if include_data {
+            j.raw("data", &rec.data);
+        }
+        if include_meta {
+            if let Some(m) = &rec.meta {
+                j.raw("meta", m);
+            }
+        }
+        j.end();
+    }
+    out.push(b']');
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum NodeSel {
+pub enum NodeSel {
     One(String),
     Many(Vec<String>),
+}
+
+impl NodeSel {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            NodeSel::One(n) => vec![n],
+            NodeSel::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -254,11 +302,7 @@ pub async fn diff(api: &Api, topic: String, req: &Request, start: Instant) -> Ap
         0 => 256,
         l => l.min(1000),
     } as usize;
-    let nodes = match body.node {
-        None => Vec::new(),
-        Some(NodeSel::One(n)) => vec![n],
-        Some(NodeSel::Many(v)) => v,
-    };
+    let nodes = body.node.map(NodeSel::into_vec).unwrap_or_default();
     let include_tags = body.include_tags.unwrap_or(true);
     let include_meta = body.include_meta.unwrap_or(true);
     let from_seq = body.from_seq.unwrap_or(0);
@@ -268,6 +312,7 @@ pub async fn diff(api: &Api, topic: String, req: &Request, start: Instant) -> Ap
         limit,
         nodes,
         wait_ms: body.wait_ms.unwrap_or(0).min(30_000),
+        durable_only: false,
     });
     let Reply::Diff(r) = api.ask(&topic, cmd).await? else {
         return Err(unexpected());
@@ -280,33 +325,13 @@ pub async fn diff(api: &Api, topic: String, req: &Request, start: Instant) -> Ap
     let mut body = Vec::with_capacity(256 + payload);
     let mut o = Obj::new(&mut body);
     o.str("topic", &topic);
-    {
-        let out = o.key("records");
-        out.push(b'[');
-        for (i, rec) in r.records.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            let mut j = Obj::new(out);
-            j.u64("$seq", rec.seq).u64("$ts", rec.ts);
-            if let Some(n) = &rec.node {
-                j.str("$node", n);
-            }
-            if include_tags {
-                if let Some(t) = &rec.tag {
-                    j.str("$tag", t);
-                }
-            }
-            j.raw("data", &rec.data);
-            if include_meta {
-                if let Some(m) = &rec.meta {
-                    j.raw("meta", m);
-                }
-            }
-            j.end();
-        }
-        out.push(b']');
-    }
+    write_records(
+        o.key("records"),
+        &r.records,
+        include_tags,
+        include_meta,
+        true,
+    );
     o.u64("next_from_seq", r.next_from_seq)
         .u64("head_seq", r.head_seq)
         .u64("earliest_seq", r.earliest_seq)

@@ -1,10 +1,10 @@
 //! The control plane: `PUT/GET/DELETE /v0/topics/:topic` and `GET /v0/topics`.
 
 use super::json::Obj;
-use super::unexpected;
 use super::{
     check_topic_name, json_body, json_response, parse, query_bool, Api, ApiError, ApiResult, Perf,
 };
+use super::{encode_cursor, page, unexpected};
 use crate::http::Request;
 use serde_json::{Map, Value};
 use shards::{Command, ConfigPatch, Discard, Durability, Reply, TopicConfig, TopicType};
@@ -182,6 +182,7 @@ pub async fn get(api: &Api, topic: String, req: &Request, start: Instant) -> Api
 
 pub async fn delete(api: &Api, topic: String, req: &Request, start: Instant) -> ApiResult {
     let if_empty = query_bool(req, "if_empty", false)?;
+    let routers_removed = super::routers::remove_for_topic(api, &topic).await?;
     let cmd = Command::DeleteTopic {
         topic: topic.clone(),
         if_empty,
@@ -193,52 +194,15 @@ pub async fn delete(api: &Api, topic: String, req: &Request, start: Instant) -> 
     let mut o = Obj::new(&mut body);
     o.str("topic", &topic)
         .bool("deleted", deleted)
-        .raw("routers_removed", b"[]");
+        .value("routers_removed", &serde_json::json!(routers_removed));
     Perf::default().write(&mut o, start);
     o.end();
     Ok(json_response(200, body))
 }
 
-/// Opaque list cursor: hex of the last name returned.
-fn encode_cursor(name: &str) -> String {
-    let mut s = String::with_capacity(1 + name.len() * 2);
-    s.push('c');
-    for b in name.bytes() {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
-fn decode_cursor(c: &str) -> Option<String> {
-    let hex = c.strip_prefix('c')?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
-}
-
 pub async fn list(api: &Api, req: &Request, start: Instant) -> ApiResult {
     let prefix = req.query_param("prefix").unwrap_or_default();
-    let page_size = match req.query_param("page_size") {
-        None => 100,
-        Some(p) => match p.parse::<usize>() {
-            Ok(0) | Err(_) => {
-                return Err(ApiError::invalid(
-                    "page_size must be an integer from 1 to 1000",
-                ))
-            }
-            Ok(n) => n.min(1000),
-        },
-    };
-    let after = match req.query_param("cursor") {
-        None => None,
-        Some(c) if c.is_empty() => None,
-        Some(c) => Some(decode_cursor(&c).ok_or_else(|| ApiError::invalid("invalid cursor"))?),
-    };
+    let (page_size, after) = page(req)?;
     let shards = api.node.shards();
     let mut all = Vec::new();
     for s in 0..shards {
@@ -290,16 +254,6 @@ pub async fn list(api: &Api, req: &Request, start: Instant) -> ApiResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursor_round_trip() {
-        for n in ["a", "orders:tenantA", "z.z-_"] {
-            assert_eq!(decode_cursor(&encode_cursor(n)).as_deref(), Some(n));
-        }
-        assert!(decode_cursor("zz").is_none());
-        assert!(decode_cursor("c0").is_none());
-        assert!(decode_cursor("cg0").is_none());
-    }
 
     #[test]
     fn config_validation() {

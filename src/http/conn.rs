@@ -10,7 +10,10 @@ use glommio::net::TcpStream;
 use log::debug;
 
 use super::parse::{Parsed, Parser, Step};
-use super::response::{body_allowed, http_date, write_framed, Framing};
+use super::response::{
+    body_allowed, http_date, wire_status, write_framed, write_stream_head, Framing,
+};
+use super::sse::{run_stream, StreamBody};
 use super::{Handler, Limits, Response};
 
 /// Initial size of the per-connection read buffer.
@@ -41,6 +44,10 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// response (or of the accept); while a body is arriving, each read must make progress
 /// within `idle_timeout`. Protocol errors are answered through [`Handler::error`], then the
 /// connection is closed; I/O errors just drop it.
+///
+/// A streaming response ([`Response::stream`]) is the connection's last: its head is
+/// written at once, the stream runs until it ends or the peer goes away, then the
+/// connection closes; requests pipelined after it are not answered.
 pub async fn serve_connection<H: Handler>(stream: TcpStream, handler: Rc<H>, limits: Limits) {
     let mut conn = Conn {
         stream,
@@ -60,6 +67,7 @@ pub async fn serve_connection<H: Handler>(stream: TcpStream, handler: Rc<H>, lim
     match conn.run(&*handler).await {
         Ok(Close::Linger) => conn.linger().await,
         Ok(Close::Now) => {}
+        Ok(Close::Stream(body)) => run_stream(conn.stream, body).await,
         Err(e) => {
             let peer = conn.stream.peer_addr().ok();
             debug!("http: connection from {peer:?} dropped: {e}");
@@ -73,6 +81,8 @@ enum Close {
     Now,
     /// We answered and close: shut our side and drain input for a moment.
     Linger,
+    /// The head of a streaming response is out: run its body on the connection.
+    Stream(StreamBody),
 }
 
 struct Conn {
@@ -106,7 +116,10 @@ impl Conn {
                             http10,
                         } = *parsed;
                         let head_only = req.method == "HEAD";
-                        let resp = handler.handle(req).await;
+                        let mut resp = handler.handle(req).await;
+                        if let Some(body) = resp.stream.take() {
+                            return self.start_stream(&resp, body, head_only).await;
+                        }
                         let framing = Framing {
                             keep_alive,
                             http10,
@@ -168,6 +181,29 @@ impl Conn {
         let n = self.stream.read(spare).await?;
         self.rbuf.commit(n);
         Ok(n)
+    }
+
+    /// Writes the head of a streaming response after anything still buffered. The body runs
+    /// only if the status allows one and the request was not `HEAD`; otherwise this is an
+    /// ordinary last response.
+    async fn start_stream(
+        &mut self,
+        resp: &Response,
+        body: StreamBody,
+        head_only: bool,
+    ) -> io::Result<Close> {
+        if !body_allowed(wire_status(resp.status)) {
+            self.push_response(resp, Framing::default()).await?;
+            self.flush().await?;
+            return Ok(Close::Linger);
+        }
+        let date = self.date.now();
+        write_stream_head(&mut self.wbuf, resp, Some(&date));
+        self.flush().await?;
+        if head_only {
+            return Ok(Close::Linger);
+        }
+        Ok(Close::Stream(body))
     }
 
     /// Appends a response to the write buffer; large bodies are written directly.

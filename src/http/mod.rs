@@ -10,6 +10,9 @@ mod chunked;
 mod conn;
 mod parse;
 mod response;
+// Streaming is API for the handlers; allowed in case a build streams nothing.
+#[allow(dead_code)]
+mod sse;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +22,8 @@ pub use conn::serve_connection;
 // Part of the module's API even where the binary does not call them.
 #[allow(unused_imports)]
 pub use response::{status_reason, write_response};
+#[allow(unused_imports)]
+pub use sse::{sse_event, Closed, SseSink, StreamBody, SSE_HEARTBEAT, SSE_RETRY};
 
 /// One parsed request, body fully read and de-chunked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,7 +103,12 @@ fn hex_val(b: u8) -> Option<u8> {
 }
 
 /// One response; the HTTP layer adds `content-length`, `date` and connection management.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// With `stream` set it is a streaming response instead (Server-Sent Events): the status
+/// line and headers go out at once, without `content-length` and with `connection: close`,
+/// `body` is ignored, and the stream closure then writes the body through an [`SseSink`]
+/// until its future ends or the peer goes away; then the connection is closed. See
+/// [`Response::stream`].
 pub struct Response {
     pub status: u16,
     /// e.g. `"application/json"`.
@@ -106,6 +116,61 @@ pub struct Response {
     /// Extra headers, e.g. `("allow", "GET, PUT".into())` or `("retry-after", "1".into())`.
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// A streaming body; `None` for an ordinary response.
+    pub stream: Option<StreamBody>,
+}
+
+// Allowed in case a build constructs no streaming response.
+#[allow(dead_code)]
+impl Response {
+    /// A streaming response: once the head is written the connection hands an [`SseSink`]
+    /// to `f`, and closes when the future `f` returns ends (or, after a grace period, once
+    /// the peer has gone; the future should watch [`SseSink::closed`]).
+    ///
+    /// The head carries `content_type` (`text/event-stream` if empty), `cache-control:
+    /// no-store` and `x-accel-buffering: no` unless `headers` set them, then `headers`,
+    /// then `connection: close`. A status that cannot carry a body (1xx, 204, 304) and a
+    /// `HEAD` request get the head only, and `f` is never called.
+    pub fn stream<F, Fut>(
+        status: u16,
+        content_type: &'static str,
+        headers: Vec<(&'static str, String)>,
+        f: F,
+    ) -> Response
+    where
+        F: FnOnce(SseSink) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        Response {
+            status,
+            content_type,
+            headers,
+            body: Vec::new(),
+            stream: Some(Box::new(move |sink| Box::pin(f(sink)))),
+        }
+    }
+
+    /// `200 text/event-stream` streaming through `f`: [`Response::stream`] without extra
+    /// headers.
+    pub fn sse<F, Fut>(f: F) -> Response
+    where
+        F: FnOnce(SseSink) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        Response::stream(200, sse::SSE_CONTENT_TYPE, Vec::new(), f)
+    }
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("headers", &self.headers)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .field("stream", &self.stream.as_ref().map(|_| "<stream>"))
+            .finish()
+    }
 }
 
 /// The application: answers requests, and shapes the errors the HTTP layer detects.

@@ -1,5 +1,6 @@
 //! Response serialisation: pure functions over an output buffer.
 
+use super::sse::SSE_CONTENT_TYPE;
 use super::Response;
 
 /// The reason phrase for a status code (`"Unknown"` for codes without one).
@@ -88,22 +89,9 @@ pub(crate) fn body_allowed(status: u16) -> bool {
 
 /// [`write_response`] with the connection layer's extra framing choices.
 pub(crate) fn write_framed(out: &mut Vec<u8>, resp: &Response, framing: Framing<'_>) {
-    let status = if (100..=999).contains(&resp.status) {
-        resp.status
-    } else {
-        500
-    };
+    let status = wire_status(resp.status);
     let bodyless = !body_allowed(status);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(status_reason(status).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if let Some(date) = framing.date {
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(date);
-        out.extend_from_slice(b"\r\n");
-    }
+    write_status_and_date(out, status, framing.date);
     if !bodyless {
         if !resp.content_type.is_empty() {
             out.extend_from_slice(b"content-type: ");
@@ -129,6 +117,69 @@ pub(crate) fn write_framed(out: &mut Vec<u8>, resp: &Response, framing: Framing<
     if !bodyless && !framing.head_only && !framing.omit_body {
         out.extend_from_slice(&resp.body);
     }
+}
+
+/// The status written for `status`: itself if it has three digits, else 500.
+pub(crate) fn wire_status(status: u16) -> u16 {
+    if (100..=999).contains(&status) {
+        status
+    } else {
+        500
+    }
+}
+
+fn write_status_and_date(out: &mut Vec<u8>, status: u16, date: Option<&[u8]>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(status_reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(date) = date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The head of a streaming response (the caller checked that its status allows a body):
+/// status line, `date`, `content-type` (`text/event-stream` if empty), `cache-control:
+/// no-store` and `x-accel-buffering: no` unless the response sets them, the response's
+/// headers and `connection: close`: the body is delimited by the end of the connection, so
+/// no `content-length` and no chunked framing.
+pub(crate) fn write_stream_head(out: &mut Vec<u8>, resp: &Response, date: Option<&[u8]>) {
+    write_status_and_date(out, wire_status(resp.status), date);
+    let content_type = if resp.content_type.is_empty() {
+        SSE_CONTENT_TYPE
+    } else {
+        resp.content_type
+    };
+    out.extend_from_slice(b"content-type: ");
+    push_sanitized(out, content_type);
+    out.extend_from_slice(b"\r\n");
+    let has = |name: &str| {
+        resp.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
+    if !has("cache-control") {
+        out.extend_from_slice(b"cache-control: no-store\r\n");
+    }
+    if !has("x-accel-buffering") {
+        out.extend_from_slice(b"x-accel-buffering: no\r\n");
+    }
+    for (name, value) in &resp.headers {
+        if name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("connection")
+        {
+            continue; // framing is ours
+        }
+        push_sanitized(out, name);
+        out.extend_from_slice(b": ");
+        push_sanitized(out, value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
 }
 
 /// Header text with CR and LF replaced by spaces, so no value can inject a header.
@@ -216,6 +267,7 @@ mod tests {
             content_type: "application/json",
             headers: Vec::new(),
             body: body.to_vec(),
+            stream: None,
         }
     }
 
@@ -295,6 +347,44 @@ mod tests {
         };
         write_framed(&mut out, &resp(200, b"hello"), framing);
         assert!(text(&out).ends_with("content-length: 5\r\n\r\n"));
+    }
+
+    #[test]
+    fn stream_heads() {
+        let mut out = Vec::new();
+        let date = http_date(784_111_777);
+        let r = Response::sse(|_| async {});
+        write_stream_head(&mut out, &r, Some(&date));
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 200 OK\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             content-type: text/event-stream\r\ncache-control: no-store\r\n\
+             x-accel-buffering: no\r\nconnection: close\r\n\r\n"
+        );
+
+        // The handler's headers; its own cache-control wins; framing headers are ours.
+        out.clear();
+        let headers = vec![
+            ("Cache-Control", "no-cache".to_string()),
+            ("x-session", "w1\r\nx-evil: 1".to_string()),
+            ("content-length", "5".to_string()),
+            ("connection", "keep-alive".to_string()),
+            ("transfer-encoding", "chunked".to_string()),
+        ];
+        let r = Response::stream(1000, "", headers, |_| async {});
+        write_stream_head(&mut out, &r, None);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/event-stream\r\n\
+             x-accel-buffering: no\r\nCache-Control: no-cache\r\n\
+             x-session: w1  x-evil: 1\r\nconnection: close\r\n\r\n"
+        );
+
+        out.clear();
+        let r = Response::stream(202, "text/plain", Vec::new(), |_| async {});
+        write_stream_head(&mut out, &r, None);
+        assert!(text(&out).starts_with("HTTP/1.1 202 Accepted\r\ncontent-type: text/plain\r\n"));
+        assert!(!text(&out).contains("content-length"));
     }
 
     #[test]

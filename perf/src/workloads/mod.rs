@@ -1,0 +1,233 @@
+//! The workloads, one module each, and what they share: request bodies, topic set-up, and
+//! the closed-loop driver (each connection sends its next request when the previous answer
+//! arrived). A new workload is a module with a `run(&Args, &Target) -> Result<Report, String>`,
+//! a variant of [`Workload`] and a line in [`run`].
+
+pub mod ack_latency;
+pub mod append;
+pub mod append_batch;
+pub mod diff;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use serde_json::{json, Map, Value};
+
+use crate::client::{json_number, Client, Target};
+use crate::exec::{Cpus, Window};
+use crate::report::Report;
+use crate::stats::Recorder;
+use crate::{Args, Durability};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Single-record appends from many connections over many topics.
+    Append,
+    /// Batched appends from a few writers into one topic.
+    AppendBatch,
+    /// One connection, one record at a time: the acknowledgement round trip per class.
+    AckLatency,
+    /// Sequential reads of a preloaded topic with several page sizes.
+    Diff,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Append => "append",
+            Workload::AppendBatch => "append-batch",
+            Workload::AckLatency => "ack-latency",
+            Workload::Diff => "diff",
+        }
+    }
+}
+
+pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
+    match args.workload {
+        Workload::Append => append::run(args, target),
+        Workload::AppendBatch => append_batch::run(args, target),
+        Workload::AckLatency => ack_latency::run(args, target),
+        Workload::Diff => diff::run(args, target),
+    }
+}
+
+/// The request path of a topic.
+pub fn topic_path(topic: &str) -> String {
+    format!("/v0/topics/{topic}")
+}
+
+/// One record's `data`: a small JSON object padded to exactly `bytes` bytes (at least 64).
+pub fn record_data(bytes: usize, id: u64) -> String {
+    let head = format!(r#"{{"id":{id},"kind":"load","pad":""#);
+    let pad = bytes.saturating_sub(head.len() + 2);
+    let mut s = String::with_capacity(bytes);
+    s.push_str(&head);
+    s.extend((0..pad).map(|i| char::from(b'a' + (i % 26) as u8)));
+    s.push_str("\"}");
+    s
+}
+
+/// An append body with `count` records of `record_bytes` each.
+pub fn append_body(count: usize, record_bytes: usize, first_id: u64) -> Vec<u8> {
+    let mut body = String::with_capacity(16 + count * (record_bytes + 12));
+    body.push_str(r#"{"records":["#);
+    for i in 0..count {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(r#"{"data":"#);
+        body.push_str(&record_data(record_bytes, first_id + i as u64));
+        body.push('}');
+    }
+    body.push_str("]}");
+    body.into_bytes()
+}
+
+/// The parameters every report carries.
+pub fn params(args: &Args, connections: usize) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("connections".into(), json!(connections));
+    m.insert("duration_s".into(), json!(args.duration_secs));
+    m.insert("warmup_s".into(), json!(args.warmup_secs));
+    m.insert("record_bytes".into(), json!(args.record_bytes));
+    m.insert("executors".into(), json!(args.cpus().describe()));
+    m
+}
+
+/// The class a writing workload uses when none is given.
+pub fn durability(args: &Args) -> Durability {
+    args.durability.unwrap_or(Durability::Disk)
+}
+
+/// Creates (or reconfigures) a topic with the given commit class.
+pub async fn put_topic(
+    client: &mut Client,
+    target: &Target,
+    topic: &str,
+    durability: Durability,
+) -> Result<(), String> {
+    let body = format!(r#"{{"durability":"{}"}}"#, durability.name());
+    let req = target.request("PUT", &topic_path(topic), Some(body.as_bytes()));
+    let status = client
+        .send(&req)
+        .await
+        .map_err(|e| format!("PUT {topic}: {e}"))?;
+    if !(200..300).contains(&status) {
+        let body = String::from_utf8_lossy(client.body());
+        return Err(format!("PUT {topic}: HTTP {status}: {body}"));
+    }
+    Ok(())
+}
+
+/// Creates every topic of `topics` over one connection, on the first executor.
+pub fn create_topics(
+    cpus: &Cpus,
+    target: &Target,
+    topics: Vec<String>,
+    durability: Durability,
+) -> Result<(), String> {
+    let target = target.clone();
+    cpus.run_one(move || async move {
+        let mut client = Client::new(target.clone());
+        for topic in &topics {
+            put_topic(&mut client, &target, topic, durability).await?;
+        }
+        Ok(())
+    })?
+}
+
+/// A closed-loop run: `connections` connections, connection `i` sending `requests[i % n]`,
+/// `requests[(i + 1) % n]`, ... back to back; each 2xx counts `records_per_request` records.
+pub struct ClosedLoop {
+    pub requests: Vec<Vec<u8>>,
+    pub records_per_request: u64,
+    pub connections: usize,
+}
+
+/// Runs a closed loop for the warm-up plus the measured window; returns the merged
+/// recorder and the window's length.
+pub fn closed_loop(
+    args: &Args,
+    target: &Target,
+    plan: ClosedLoop,
+) -> Result<(Recorder, Duration), String> {
+    let plan = Arc::new(plan);
+    let window = Window::new(args.warmup(), args.duration());
+    let target = target.clone();
+    let parts = args.cpus().run_all(move |index, count| {
+        let plan = plan.clone();
+        let target = target.clone();
+        async move {
+            let tasks: Vec<_> = (index..plan.connections)
+                .step_by(count)
+                .map(|i| glommio::spawn_local(connection(target.clone(), plan.clone(), i, window)))
+                .collect();
+            let mut rec = Recorder::new();
+            for task in tasks {
+                rec.merge(&task.await);
+            }
+            rec
+        }
+    })?;
+    let mut rec = Recorder::new();
+    for part in &parts {
+        rec.merge(part);
+    }
+    Ok((rec, window.duration()))
+}
+
+async fn connection(target: Target, plan: Arc<ClosedLoop>, i: usize, window: Window) -> Recorder {
+    let mut client = Client::new(target);
+    let mut rec = Recorder::new();
+    let n = plan.requests.len();
+    let mut k = i % n;
+    loop {
+        let sent = Instant::now();
+        if window.over(sent) {
+            break;
+        }
+        let result = client.send(&plan.requests[k]).await;
+        k = (k + 1) % n;
+        let done = Instant::now();
+        let counted = window.measuring(done) && !window.over(done);
+        match result {
+            Ok(status) if counted => {
+                rec.response(status, done - sent, plan.records_per_request);
+                if (200..300).contains(&status) {
+                    let body = client.body();
+                    rec.server_perf(
+                        json_number(body, "server_total_ms"),
+                        json_number(body, "fsync_ms"),
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if counted {
+                    rec.io_error(&e);
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_have_the_requested_size() {
+        for bytes in [64, 100, 256, 1000] {
+            let data = record_data(bytes, 123_456);
+            assert_eq!(data.len(), bytes);
+            let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+            assert_eq!(v["id"], 123_456);
+        }
+        let body = append_body(3, 64, 0);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["records"].as_array().unwrap().len(), 3);
+    }
+}

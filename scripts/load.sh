@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# The benchmark harness of topics: builds the release binaries, starts the server with a fresh
+# data dir pinned with taskset (round 1: server on CPU 0 with --shards 1, load generator on
+# CPU 1; round 2: server on both cores with --shards 2, load generator unpinned), runs the
+# fixed workloads of perf/ (topics-load), prints one Markdown table and writes it and the raw
+# JSON to perf/results/latest.{md,json}.
+#
+#   scripts/load.sh                    # both rounds against a server it starts
+#   scripts/load.sh --url URL          # the same workloads against a running server
+#   DURATION=5 scripts/load.sh         # shorter runs (seconds per measured run, default 10)
+#
+# Environment: DURATION (10), WARMUP (1), PRELOAD (1000000 records for diff), PORT (4780),
+# OUT_DIR (perf/results), CARGO_TARGET_DIR (target), LOAD_ARGS (extra topics-load flags).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-1}
+PRELOAD=${PRELOAD:-1000000}
+PORT=${PORT:-4780}
+OUT_DIR=${OUT_DIR:-$ROOT/perf/results}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+LOAD_ARGS=${LOAD_ARGS:-}
+COMMAND="DURATION=$DURATION scripts/load.sh${*:+ $*}"
+
+URL=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --url) URL=${2:?--url needs a URL}; shift 2 ;;
+        --url=*) URL=${1#--url=}; shift ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "load.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+log() { echo "load.sh: $*" >&2; }
+
+# Tools: jq renders the table; curl waits for readiness; taskset pins.
+need_pkgs=()
+command -v jq >/dev/null || need_pkgs+=(jq)
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v taskset >/dev/null || need_pkgs+=(util-linux)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    log "installing ${need_pkgs[*]}"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+log "building release binaries (cargo build --release --workspace)"
+(cd "$ROOT" && cargo build --release --workspace --quiet)
+SERVER=$TARGET_DIR/release/topics
+LOAD=$TARGET_DIR/release/topics-load
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/topics-load.XXXXXX")
+RUNS=$WORK/runs.jsonl
+NOTES=$WORK/notes.jsonl
+: >"$RUNS"; : >"$NOTES"
+SERVER_PID=""
+DATA_DIR=""
+
+cleanup() {
+    stop_server || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_server CPUS SHARDS: a fresh data dir, the server pinned to CPUS, wait for /v0/ready.
+start_server() {
+    local cpus=$1 shards=$2
+    if curl -fs "http://127.0.0.1:$PORT/v0/ready" >/dev/null 2>&1; then
+        log "something already answers on port $PORT; set PORT="
+        exit 1
+    fi
+    DATA_DIR=$(mktemp -d "$WORK/data.XXXXXX")
+    taskset -c "$cpus" "$SERVER" --port "$PORT" --data-dir "$DATA_DIR" --shards "$shards" \
+        >>"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    SERVER_CMD="taskset -c $cpus topics --port $PORT --data-dir <fresh tmp> --shards $shards"
+    for _ in $(seq 1 300); do
+        if curl -fs "http://127.0.0.1:$PORT/v0/ready" >/dev/null 2>&1; then
+            return 0
+        fi
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            break
+        fi
+        sleep 0.1
+    done
+    log "server did not become ready; its log:"
+    tail -n 30 "$WORK/server.log" >&2
+    exit 1
+}
+
+server_rss_mib() {
+    [ -n "$SERVER_PID" ] && awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$SERVER_PID/status" 2>/dev/null
+}
+
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+    if [ -n "$DATA_DIR" ]; then
+        rm -rf "$DATA_DIR"
+        DATA_DIR=""
+    fi
+}
+
+# run SETUP LOAD-PLACEMENT... -- WORKLOAD-ARGS...: one topics-load invocation, its JSON kept
+# with the setup label and the exact command.
+run() {
+    local setup=$1; shift
+    local placement=()
+    while [ "$1" != "--" ]; do placement+=("$1"); shift; done
+    shift
+    # shellcheck disable=SC2206
+    local cmd=(topics-load --url "$TARGET_URL" "$@" --duration-secs "$DURATION"
+        --warmup-secs "$WARMUP" "${placement[@]}" $LOAD_ARGS)
+    log "$setup: ${cmd[*]}"
+    local out
+    if ! out=$("$LOAD" "${cmd[@]:1}" --json); then
+        log "topics-load failed; server log tail:"
+        tail -n 20 "$WORK/server.log" >&2
+        exit 1
+    fi
+    jq -c --arg setup "$setup" --arg command "${cmd[*]}" \
+        '. + {setup: $setup, command: $command}' <<<"$out" >>"$RUNS"
+    jq -r '.runs[] | "load.sh:   \(.name): \(.records_per_s) records/s, p50 \(.p50_us) µs, p99 \(.p99_us) µs, errors \(.errors)"' <<<"$out" >&2
+}
+
+# The workloads of one setup. $1: label, $2: "all" or "append", rest: load placement flags.
+workloads() {
+    local setup=$1 which=$2; shift 2
+    local place=("$@")
+    if [ "$which" = all ]; then
+        run "$setup" "${place[@]}" -- --workload ack-latency
+    fi
+    run "$setup" "${place[@]}" -- --workload append --durability disk --connections 64 --topics 100
+    run "$setup" "${place[@]}" -- --workload append --durability fsync --connections 64 --topics 100
+    run "$setup" "${place[@]}" -- --workload append-batch --durability disk --connections 16 --batch 100
+    run "$setup" "${place[@]}" -- --workload append-batch --durability fsync --connections 16 --batch 100
+    if [ "$which" = all ]; then
+        run "$setup" "${place[@]}" -- --workload diff --preload "$PRELOAD" --limit 1,256,1000 --connections 1
+    fi
+}
+
+note() {
+    jq -nc --arg setup "$1" --arg server "$2" --arg load "$3" --arg rss "$4" \
+        '{setup: $setup, server: $server, load: $load, server_rss_mib: $rss}' >>"$NOTES"
+}
+
+if [ -n "$URL" ]; then
+    TARGET_URL=$URL
+    workloads "external" all
+    note "external" "$URL (already running)" "unpinned, 1 executor" ""
+else
+    TARGET_URL="http://127.0.0.1:$PORT"
+    S1="1 core"
+    start_server 0 1
+    workloads "$S1" all --cpu 1
+    note "$S1" "$SERVER_CMD" "topics-load --cpu 1" "$(server_rss_mib)"
+    stop_server
+
+    S2="2 cores"
+    start_server 0,1 2
+    workloads "$S2" append --threads 2
+    note "$S2" "$SERVER_CMD" "topics-load --threads 2 (unpinned)" "$(server_rss_mib)"
+    stop_server
+fi
+
+# Machine, commit, and the document.
+NPROC=$(nproc)
+MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+KERNEL=$(uname -sr)
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then COMMIT="$COMMIT (with uncommitted changes)"; fi
+DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+
+mkdir -p "$OUT_DIR"
+jq -s --slurpfile notes "$NOTES" --arg date "$DATE" --arg nproc "$NPROC" --arg model "$MODEL" \
+    --arg kernel "$KERNEL" --arg commit "$COMMIT" --arg command "$COMMAND" \
+    --arg duration "$DURATION" '{
+        date: $date,
+        machine: {nproc: ($nproc | tonumber), cpu: $model, kernel: $kernel},
+        commit: $commit, command: $command, duration_s: ($duration | tonumber),
+        setups: $notes, reports: .
+    }' "$RUNS" >"$OUT_DIR/latest.json"
+
+# The Markdown table, rendered from latest.json.
+TABLE_JQ='
+def commas: (floor | tostring | explode | reverse) as $d
+    | [range(0; $d | length; 3) as $i | $d[$i:$i + 3] | reverse | implode] | reverse | join(",");
+def lat: if . == null then "—" elif . < 1000 then "\(.) µs" else "\((. / 10 | round) / 100) ms" end;
+def ms: if . == null then null elif . < 1 then "\((. * 1000 * 10 | round) / 10) µs" else "\((. * 100 | round) / 100) ms" end;
+def served: [ (.server_total_ms_p50 | ms | select(.) | "total \(.)"),
+              (if (.fsync_ms_p50 // 0) > 0 then "fsync \(.fsync_ms_p50 | ms)" else empty end) ]
+    | if length == 0 then "—" else join(", ") end;
+def errs: if .errors == 0 then "0" else "**\(.errors)** \(.non_2xx // {} | tojson) io \(.io_errors // 0)" end;
+def row($r; $p; $run):
+    ($run.name) as $n
+    | if $r.workload == "append" then
+        ["append `\($n)`", "\($p.connections) conns × \($p.topics) topics, 1 record/POST",
+         "**\($run.records_per_s | commas)** appends/s"]
+      elif $r.workload == "append-batch" then
+        ["append-batch `\($n)`", "\($p.connections) writers × \($p.batch) records/POST, 1 topic",
+         "**\($run.records_per_s | commas)** records/s (\($run.requests_per_s | commas) req/s)"]
+      elif $r.workload == "ack-latency" then
+        ["ack-latency `\($n)`", "1 conn, 1 record at a time", "\($run.requests_per_s | commas) acks/s"]
+      elif $r.workload == "diff" and $n == "preload" then
+        ["diff preload", "\($p.head_seq | commas) records, 8 conns × 1000 records/POST (`\($p.durability)`)",
+         "\($run.records_per_s | commas) records/s"]
+      elif $r.workload == "diff" then
+        ["diff \($n)", "\($p.connections) reader, sequential over \($p.head_seq | commas) records",
+         "**\($run.records_per_s | commas)** records/s (\($run.requests_per_s | commas) req/s)"]
+      else [$r.workload + " " + $n, "", "\($run.records_per_s | commas) records/s"] end
+    | [$r.setup] + . + [($run.p50_us | lat), ($run.p99_us | lat), ($run.p999_us | lat), ($run | served), ($run | errs)];
+"## topics load — \(.date)",
+"",
+"- machine: \(.machine.nproc) × \(.machine.cpu), \(.machine.kernel)",
+"- commit: \(.commit)",
+"- command: `\(.command)` (each run \(.duration_s) s after 1 s warm-up; 256-byte records)",
+(.setups[] | "- \(.setup): server `\(.server)`; load `\(.load)`" + (if .server_rss_mib != "" then "; server RSS after the round \(.server_rss_mib) MiB" else "" end)),
+"",
+"| setup | workload | shape | throughput | p50 | p99 | p999 | server-reported p50 | errors |",
+"|---|---|---|---|---|---|---|---|---|",
+(.reports[] as $r | $r.runs[] as $run | row($r; $r.params; $run) | "| " + join(" | ") + " |")
+'
+jq -r "$TABLE_JQ" "$OUT_DIR/latest.json" >"$OUT_DIR/latest.md"
+cat "$OUT_DIR/latest.md"
+log "wrote $OUT_DIR/latest.md and $OUT_DIR/latest.json"

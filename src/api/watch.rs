@@ -1,0 +1,564 @@
+//! Live SSE watch (SPEC §6): `POST /v0/watch` creates a session, `GET /v0/watch/:wid` streams.
+//!
+//! The session (spec and cursors) lives on the shard `hash(wid)`. The stream is served by the
+//! core that accepted the connection: one reader task per topic long-polls the topic's owning
+//! shard (woken by appends, no polling loop) and hands each batch to the stream through a
+//! bounded channel, so a slow reader holds at most one batch per topic in memory. Progress is
+//! written back to the session as the stream advances.
+
+use super::json::Obj;
+use super::records::{write_records, NodeSel};
+use super::{
+    check_topic_name, json_body, json_response, parse, unexpected, Api, ApiError, ApiResult, Perf,
+};
+use crate::http::{sse_event, Request, Response, SseSink, SSE_HEARTBEAT, SSE_RETRY};
+use crate::runtime::Node;
+use glommio::channels::local_channel;
+use serde::Deserialize;
+use serde_json::json;
+use shards::mesh::{DiffCmd, DiffReply};
+use shards::watch::{WatchSpec, SESSION_TTL_MS};
+use shards::{shard_for, Command, Reply, ShardError};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+const MAX_TOPICS: usize = 256;
+/// How long one reader long-poll waits before asking again.
+const POLL_MS: u64 = 25_000;
+/// How often a stream writes its cursors back to the session.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// base64url without padding.
+pub fn b64url(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..=chunk.len() {
+            s.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    s
+}
+
+pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = B64.iter().position(|x| *x == c)? as u32;
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits & 0xff) as u8);
+        }
+    }
+    Some(out)
+}
+
+fn new_wid() -> Result<String, ApiError> {
+    let mut raw = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(|e| {
+            log::error!("cannot read /dev/urandom: {e}");
+            ApiError::new(500, "internal", "no randomness for a session id")
+        })?;
+    Ok(format!("wid_{}", b64url(&raw)))
+}
+
+#[derive(Deserialize)]
+struct TopicOpt {
+    #[serde(default)]
+    from_seq: Option<u64>,
+    #[serde(default)]
+    tail: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct WatchBody {
+    #[serde(default)]
+    topics: Option<BTreeMap<String, TopicOpt>>,
+    #[serde(default)]
+    node: Option<NodeSel>,
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    max_batch_bytes: Option<u64>,
+    #[serde(default)]
+    heartbeat_ms: Option<u64>,
+    #[serde(default)]
+    include_meta: Option<bool>,
+    #[serde(default)]
+    include_tags: Option<bool>,
+    #[serde(default)]
+    include_data: Option<bool>,
+    #[serde(default)]
+    consistency: Option<String>,
+}
+
+pub async fn create(api: &Api, req: &Request, start: Instant) -> ApiResult {
+    let body: WatchBody = parse(json_body(req)?)?;
+    let topics = body
+        .topics
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::invalid("topics is required: {\"<topic>\": {\"from_seq\": 0}}"))?;
+    if topics.len() > MAX_TOPICS {
+        return Err(ApiError::invalid(format!(
+            "a watch follows at most {MAX_TOPICS} topics, not {}",
+            topics.len()
+        )));
+    }
+    let strong = match body.consistency.as_deref() {
+        None | Some("eventual") => false,
+        Some("strong") => true,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "consistency must be \"eventual\" or \"strong\"",
+            ))
+        }
+    };
+    let mut cursors = Vec::with_capacity(topics.len());
+    let mut out_topics = serde_json::Map::new();
+    for (name, opt) in &topics {
+        check_topic_name(name)?;
+        let cmd = Command::GetTopic {
+            topic: name.clone(),
+            touch: false,
+        };
+        let Reply::Info(info) = api.ask(name, cmd).await? else {
+            return Err(unexpected());
+        };
+        let from = if opt.tail.unwrap_or(false) {
+            info.head_seq
+        } else {
+            opt.from_seq.unwrap_or(0)
+        };
+        cursors.push((name.clone(), from));
+        out_topics.insert(
+            name.clone(),
+            json!({"from_seq": from, "head_seq": info.head_seq, "earliest_seq": info.earliest_seq}),
+        );
+    }
+    let spec = WatchSpec {
+        cursors,
+        nodes: body.node.map(NodeSel::into_vec).unwrap_or_default(),
+        limit: match body.limit.unwrap_or(0) {
+            0 => 256,
+            l => l.min(1000) as u32,
+        },
+        max_batch_bytes: match body.max_batch_bytes.unwrap_or(0) {
+            0 => 262_144,
+            b => b,
+        },
+        heartbeat_ms: body.heartbeat_ms.unwrap_or(15_000).clamp(1000, 60_000),
+        include_meta: body.include_meta.unwrap_or(true),
+        include_tags: body.include_tags.unwrap_or(false),
+        include_data: body.include_data.unwrap_or(true),
+        strong,
+    };
+    let wid = new_wid()?;
+    let owner = shard_for(&wid, api.node.shards());
+    match api
+        .node
+        .call(
+            owner,
+            Command::CreateWatch {
+                wid: wid.clone(),
+                spec,
+            },
+        )
+        .await
+    {
+        Reply::WatchOk => {}
+        Reply::Err(e) => return Err(ApiError::from_shard(e, "")),
+        _ => return Err(unexpected()),
+    }
+    let mut body = Vec::with_capacity(256);
+    let mut o = Obj::new(&mut body);
+    o.str("wid", &wid)
+        .str("stream_url", &format!("/v0/watch/{wid}"))
+        .u64("session_ttl_ms", SESSION_TTL_MS)
+        .value("topics", &serde_json::Value::Object(out_topics));
+    Perf::default().write(&mut o, start);
+    o.end();
+    Ok(json_response(200, body))
+}
+
+fn accepts_event_stream(req: &Request) -> bool {
+    let Some(accept) = req.header("accept") else {
+        return true;
+    };
+    accept.split(',').any(|r| {
+        let media = r.split(';').next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case("text/event-stream")
+            || media.eq_ignore_ascii_case("text/*")
+            || media == "*/*"
+    })
+}
+
+/// A `Last-Event-ID`: base64url of the JSON cursor map.
+fn parse_event_id(id: &str) -> Option<Vec<(String, u64)>> {
+    let raw = b64url_decode(id.trim())?;
+    let map: BTreeMap<String, u64> = serde_json::from_slice(&raw).ok()?;
+    Some(map.into_iter().collect())
+}
+
+pub async fn open(api: &Api, wid: String, req: &Request) -> ApiResult {
+    if !accepts_event_stream(req) {
+        return Err(ApiError::new(
+            406,
+            "not_acceptable",
+            "this stream is text/event-stream; the Accept header excludes it",
+        ));
+    }
+    let last_id = req
+        .header("last-event-id")
+        .map(str::to_owned)
+        .or_else(|| req.query_param("last_event_id"));
+    let rewind = match last_id {
+        None => None,
+        Some(id) if id.trim().is_empty() => None,
+        Some(id) => {
+            Some(parse_event_id(&id).ok_or_else(|| ApiError::invalid("malformed Last-Event-ID"))?)
+        }
+    };
+    let owner = shard_for(&wid, api.node.shards());
+    let spec = match api
+        .node
+        .call(
+            owner,
+            Command::OpenWatch {
+                wid: wid.clone(),
+                rewind,
+            },
+        )
+        .await
+    {
+        Reply::Watch(spec) => *spec,
+        Reply::Err(ShardError::SessionNotFound) => {
+            return Err(ApiError::new(
+                404,
+                "not_found",
+                format!("watch session {wid:?} does not exist or has expired"),
+            ))
+        }
+        Reply::Err(e) => return Err(ApiError::from_shard(e, "")),
+        _ => return Err(unexpected()),
+    };
+    let node = api.node.clone();
+    Ok(Response::sse(move |sink| {
+        Stream::new(node, wid, owner, spec).run(sink)
+    }))
+}
+
+enum Event {
+    Read { diff: DiffReply, first: bool },
+    Deleted,
+    Failed(ShardError),
+}
+
+struct Stream {
+    node: Rc<Node>,
+    wid: String,
+    owner: usize,
+    spec: WatchSpec,
+    cursors: BTreeMap<String, u64>,
+    live: Vec<bool>,
+    open_topics: usize,
+}
+
+impl Stream {
+    fn new(node: Rc<Node>, wid: String, owner: usize, spec: WatchSpec) -> Self {
+        let cursors = spec.cursors.iter().cloned().collect();
+        let n = spec.cursors.len();
+        Stream {
+            node,
+            wid,
+            owner,
+            spec,
+            cursors,
+            live: vec![false; n],
+            open_topics: n,
+        }
+    }
+
+    fn id(&self) -> String {
+        b64url(&serde_json::to_vec(&self.cursors).unwrap_or_default())
+    }
+
+    fn frame(&self, out: &mut Vec<u8>, event: &str, data: &[u8]) {
+        sse_event(out, Some(&self.id()), event, data);
+    }
+
+    async fn run(mut self, mut sink: SseSink) {
+        let stop = Rc::new(Cell::new(false));
+        let (tx, rx) = local_channel::new_bounded(self.spec.cursors.len().max(1));
+        let tx = Rc::new(tx);
+        for (idx, (topic, from)) in self.spec.cursors.iter().enumerate() {
+            let reader = Reader {
+                node: self.node.clone(),
+                idx,
+                topic: topic.clone(),
+                cursor: *from,
+                limit: self.spec.limit as usize,
+                nodes: self.spec.nodes.clone(),
+                strong: self.spec.strong,
+            };
+            glommio::spawn_local(reader.run(tx.clone(), stop.clone())).detach();
+        }
+        drop(tx);
+        let heartbeat = Duration::from_millis(self.spec.heartbeat_ms);
+        let mut last_progress = Instant::now();
+        let mut dirty = false;
+        if sink.send(SSE_RETRY).await.is_ok() {
+            loop {
+                let closed = sink.closed();
+                let next = futures_lite::future::or(
+                    async { rx.recv().await.map(Some) },
+                    futures_lite::future::or(
+                        async {
+                            glommio::timer::sleep(heartbeat).await;
+                            Some(None)
+                        },
+                        async {
+                            closed.await;
+                            None
+                        },
+                    ),
+                )
+                .await;
+                let mut out = Vec::new();
+                let mut end = false;
+                match next {
+                    None => break,
+                    Some(None) => out.extend_from_slice(SSE_HEARTBEAT),
+                    Some(Some((idx, ev))) => end = self.on_event(idx, ev, &mut out),
+                }
+                if !out.is_empty() && sink.send(&out).await.is_err() {
+                    break;
+                }
+                dirty |= out != SSE_HEARTBEAT;
+                if end || self.open_topics == 0 {
+                    break;
+                }
+                if dirty && last_progress.elapsed() >= PROGRESS_EVERY {
+                    self.progress(false).await;
+                    dirty = false;
+                    last_progress = Instant::now();
+                }
+            }
+        }
+        stop.set(true);
+        self.progress(true).await;
+    }
+
+    async fn progress(&self, close: bool) {
+        let cmd = Command::WatchProgress {
+            wid: self.wid.clone(),
+            cursors: self.cursors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            close,
+        };
+        let _ = self.node.call(self.owner, cmd).await;
+    }
+
+    /// Turns one reader event into frames; returns true when the stream must end.
+    fn on_event(&mut self, idx: usize, ev: Event, out: &mut Vec<u8>) -> bool {
+        let Some(topic) = self.spec.cursors.get(idx).map(|(t, _)| t.clone()) else {
+            return false;
+        };
+        match ev {
+            Event::Deleted => {
+                let head = self.cursors.get(&topic).copied().unwrap_or(0);
+                let mut data = Vec::new();
+                let mut o = Obj::new(&mut data);
+                o.str("topic", &topic)
+                    .u64("head_seq", head)
+                    .str("reason", "deleted");
+                o.end();
+                self.frame(out, "topic-deleted", &data);
+                self.open_topics = self.open_topics.saturating_sub(1);
+                false
+            }
+            Event::Failed(e) => {
+                let (code, message) = match e {
+                    ShardError::ShuttingDown => ("shutting_down", "the server is shutting down"),
+                    ShardError::NotReady => ("not_ready", "the server is not ready"),
+                    _ => ("internal", "the stream failed; reconnect to resume"),
+                };
+                let mut data = Vec::new();
+                let mut o = Obj::new(&mut data);
+                o.str("code", code).str("message", message);
+                o.end();
+                sse_event(out, None, "error", &data);
+                true
+            }
+            Event::Read { diff, first } => {
+                self.on_read(idx, &topic, diff, first, out);
+                false
+            }
+        }
+    }
+
+    fn on_read(&mut self, idx: usize, topic: &str, d: DiffReply, first: bool, out: &mut Vec<u8>) {
+        if let Some(t) = &d.tombstone {
+            let reason = if first && t.reason != "recreated" {
+                "from_seq_too_old"
+            } else {
+                t.reason
+            };
+            self.cursors.insert(topic.to_string(), t.gap_to);
+            let mut data = Vec::new();
+            let mut o = Obj::new(&mut data);
+            o.str("topic", topic)
+                .str("reason", reason)
+                .u64("gap_from", t.gap_from)
+                .u64("gap_to", t.gap_to)
+                .u64("earliest_seq", d.earliest_seq)
+                .u64("head_seq", d.head_seq);
+            o.end();
+            self.frame(out, "tombstone", &data);
+        }
+        let max_bytes = self.spec.max_batch_bytes as usize;
+        let mut rest = &d.records[..];
+        while !rest.is_empty() {
+            // At least one record per frame, then as many as fit in max_batch_bytes.
+            let mut size = 0;
+            let mut n = 0;
+            for r in rest {
+                size += r.data.len() + r.meta.as_ref().map_or(0, |m| m.len()) + 64;
+                if n > 0 && size > max_bytes {
+                    break;
+                }
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let from = self.cursors.get(topic).copied().unwrap_or(0);
+            let to = if rest.is_empty() {
+                d.next_from_seq.max(chunk.last().map_or(0, |r| r.seq))
+            } else {
+                chunk.last().map_or(from, |r| r.seq)
+            };
+            self.cursors.insert(topic.to_string(), to);
+            let mut data = Vec::with_capacity(size + 128);
+            let mut o = Obj::new(&mut data);
+            o.str("topic", topic);
+            write_records(
+                o.key("records"),
+                chunk,
+                self.spec.include_tags,
+                self.spec.include_meta,
+                self.spec.include_data,
+            );
+            o.u64("from_seq", from)
+                .u64("to_seq", to)
+                .u64("head_seq", d.head_seq);
+            o.end();
+            self.frame(out, "record", &data);
+        }
+        let cur = self.cursors.entry(topic.to_string()).or_insert(0);
+        *cur = (*cur).max(d.next_from_seq);
+        let caught_up = d.next_from_seq >= d.head_seq;
+        if caught_up && !self.live[idx] {
+            self.live[idx] = true;
+            let mut data = Vec::new();
+            let mut o = Obj::new(&mut data);
+            o.str("topic", topic).u64("head_seq", d.head_seq);
+            o.end();
+            self.frame(out, "caught-up", &data);
+        } else if !caught_up {
+            self.live[idx] = false;
+        }
+    }
+}
+
+/// Follows one topic of a stream: long-polls its owner and hands batches to the stream.
+struct Reader {
+    node: Rc<Node>,
+    idx: usize,
+    topic: String,
+    cursor: u64,
+    limit: usize,
+    nodes: Vec<String>,
+    strong: bool,
+}
+
+impl Reader {
+    async fn run(
+        mut self,
+        tx: Rc<local_channel::LocalSender<(usize, Event)>>,
+        stop: Rc<Cell<bool>>,
+    ) {
+        let mut first = true;
+        while !stop.get() {
+            let cmd = Command::Diff(DiffCmd {
+                topic: self.topic.clone(),
+                from_seq: self.cursor,
+                limit: self.limit,
+                nodes: self.nodes.clone(),
+                wait_ms: if first { 0 } else { POLL_MS },
+                durable_only: self.strong,
+            });
+            let (ev, done) = match self.node.call_topic(&self.topic, cmd).await {
+                Reply::Diff(d) => {
+                    if !first
+                        && d.records.is_empty()
+                        && d.tombstone.is_none()
+                        && d.next_from_seq == self.cursor
+                    {
+                        // A long-poll that timed out: nothing to say.
+                        continue;
+                    }
+                    self.cursor = d.next_from_seq;
+                    (Event::Read { diff: d, first }, false)
+                }
+                Reply::Err(ShardError::TopicNotFound) => (Event::Deleted, true),
+                Reply::Err(e) => (Event::Failed(e), true),
+                _ => (
+                    Event::Failed(ShardError::Storage("unexpected reply".into())),
+                    true,
+                ),
+            };
+            first = false;
+            if stop.get() || tx.send((self.idx, ev)).await.is_err() || done {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_matches_the_quickstart_ids() {
+        assert_eq!(b64url(br#"{"orders":1}"#), "eyJvcmRlcnMiOjF9");
+        assert_eq!(b64url(br#"{"orders":2}"#), "eyJvcmRlcnMiOjJ9");
+        for s in [&b""[..], b"a", b"ab", b"abc", b"abcd", &[255, 254, 0, 1, 2]] {
+            assert_eq!(b64url_decode(&b64url(s)).as_deref(), Some(s));
+        }
+        assert!(b64url_decode("a*").is_none());
+    }
+
+    #[test]
+    fn event_ids_parse() {
+        let id = b64url(br#"{"a":3,"b":0}"#);
+        assert_eq!(
+            parse_event_id(&id),
+            Some(vec![("a".to_string(), 3), ("b".to_string(), 0)])
+        );
+        assert!(parse_event_id("!!").is_none());
+    }
+}
