@@ -10,7 +10,8 @@
 #   DURATION=5 scripts/load.sh         # shorter runs (seconds per measured run, default 10)
 #
 # Environment: DURATION (10), WARMUP (1), PRELOAD (1000000 records for diff), PORT (4780),
-# OUT_DIR (perf/results), CARGO_TARGET_DIR (target), LOAD_ARGS (extra topics-load flags).
+# OUT_DIR (perf/results), CARGO_TARGET_DIR (target), LOAD_ARGS (extra topics-load flags),
+# TOPICS_SERVER (a prebuilt server binary to benchmark instead of building the workspace's).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --url) URL=${2:?--url needs a URL}; shift 2 ;;
         --url=*) URL=${1#--url=}; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "load.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -46,9 +47,14 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
-log "building release binaries (cargo build --release --workspace)"
-(cd "$ROOT" && cargo build --release --workspace --quiet)
-SERVER=$TARGET_DIR/release/topics
+if [ -n "$URL" ] || [ -n "${TOPICS_SERVER:-}" ]; then
+    log "building the load generator (cargo build --release -p perf)"
+    (cd "$ROOT" && cargo build --release -p perf --quiet)
+else
+    log "building release binaries (cargo build --release --workspace)"
+    (cd "$ROOT" && cargo build --release --workspace --quiet)
+fi
+SERVER=${TOPICS_SERVER:-$TARGET_DIR/release/topics}
 LOAD=$TARGET_DIR/release/topics-load
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/topics-load.XXXXXX")
@@ -175,6 +181,8 @@ MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 KERNEL=$(uname -sr)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then COMMIT="$COMMIT (with uncommitted changes)"; fi
+if [ -n "${TOPICS_SERVER:-}" ]; then COMMIT="load generator at $COMMIT; server binary $TOPICS_SERVER (prebuilt)"; fi
+if [ -n "$URL" ]; then COMMIT="load generator at $COMMIT; server at $URL"; fi
 DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 mkdir -p "$OUT_DIR"

@@ -102,6 +102,21 @@ pub struct Node {
     next_id: Cell<u64>,
     /// Requests being answered on this executor.
     pub in_flight: Cell<usize>,
+    /// SSE streams open on this executor.
+    pub streams: Cell<usize>,
+    /// Notified once when this executor starts draining.
+    pub shutdown: shards::event::Event,
+}
+
+impl Node {
+    /// Completes when the server starts draining (at once if it already is).
+    pub async fn draining(&self) {
+        let l = self.shutdown.listen();
+        if self.global.draining() {
+            return;
+        }
+        l.await
+    }
 }
 
 impl Node {
@@ -265,6 +280,8 @@ async fn executor_main(
         pending: RefCell::new(HashMap::new()),
         next_id: Cell::new(0),
         in_flight: Cell::new(0),
+        streams: Cell::new(0),
+        shutdown: shards::event::Event::new(),
     });
     for (_, rx) in receivers.streams() {
         glommio::spawn_local(receive_loop(node.clone(), rx)).detach();
@@ -326,6 +343,7 @@ async fn executor_main(
         }
     }
     drop(listener);
+    node.shutdown.notify_all();
     drain(&node).await;
     Ok(())
 }
@@ -340,7 +358,7 @@ async fn wait_for_shutdown(global: &Global) {
 /// Lets in-flight requests finish (bounded), then settles and syncs the shard's log.
 async fn drain(node: &Node) {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while node.in_flight.get() > 0 && Instant::now() < deadline {
+    while (node.in_flight.get() > 0 || node.streams.get() > 0) && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     if let Some(shard) = node.local() {

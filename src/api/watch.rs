@@ -262,6 +262,12 @@ pub async fn open(api: &Api, wid: String, req: &Request) -> ApiResult {
     }))
 }
 
+enum Next {
+    Event((usize, Event)),
+    Heartbeat,
+    Shutdown,
+}
+
 enum Event {
     Read { diff: DiffReply, first: bool },
     Deleted,
@@ -302,6 +308,14 @@ impl Stream {
     }
 
     async fn run(mut self, mut sink: SseSink) {
+        let streams = &self.node.streams;
+        streams.set(streams.get() + 1);
+        self.serve(&mut sink).await;
+        let streams = &self.node.streams;
+        streams.set(streams.get().saturating_sub(1));
+    }
+
+    async fn serve(&mut self, sink: &mut SseSink) {
         let stop = Rc::new(Cell::new(false));
         let (tx, rx) = local_channel::new_bounded(self.spec.cursors.len().max(1));
         let tx = Rc::new(tx);
@@ -324,17 +338,24 @@ impl Stream {
         if sink.send(SSE_RETRY).await.is_ok() {
             loop {
                 let closed = sink.closed();
+                let node = self.node.clone();
                 let next = futures_lite::future::or(
-                    async { rx.recv().await.map(Some) },
+                    async { rx.recv().await.map(Next::Event) },
                     futures_lite::future::or(
                         async {
                             glommio::timer::sleep(heartbeat).await;
-                            Some(None)
+                            Some(Next::Heartbeat)
                         },
-                        async {
-                            closed.await;
-                            None
-                        },
+                        futures_lite::future::or(
+                            async {
+                                closed.await;
+                                None
+                            },
+                            async {
+                                node.draining().await;
+                                Some(Next::Shutdown)
+                            },
+                        ),
                     ),
                 )
                 .await;
@@ -342,8 +363,13 @@ impl Stream {
                 let mut end = false;
                 match next {
                     None => break,
-                    Some(None) => out.extend_from_slice(SSE_HEARTBEAT),
-                    Some(Some((idx, ev))) => end = self.on_event(idx, ev, &mut out),
+                    Some(Next::Heartbeat) => out.extend_from_slice(SSE_HEARTBEAT),
+                    Some(Next::Event((idx, ev))) => end = self.on_event(idx, ev, &mut out),
+                    Some(Next::Shutdown) => {
+                        end = true;
+                        let ev = Event::Failed(ShardError::ShuttingDown);
+                        self.on_event(0, ev, &mut out);
+                    }
                 }
                 if !out.is_empty() && sink.send(&out).await.is_err() {
                     break;
