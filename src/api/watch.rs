@@ -262,6 +262,44 @@ pub async fn open(api: &Api, wid: String, req: &Request) -> ApiResult {
     }))
 }
 
+/// Identifies a serialised record frame: watchers at the same position with the same
+/// options get byte-identical `data:` payloads.
+#[derive(PartialEq, Eq)]
+struct FrameKey {
+    topic: String,
+    from: u64,
+    to: u64,
+    head: u64,
+    first: u64,
+    count: usize,
+    flags: u8,
+}
+
+/// Recently serialised frames of this executor (a small most-recent-first list).
+const FRAME_CACHE: usize = 32;
+
+thread_local! {
+    static FRAMES: std::cell::RefCell<std::collections::VecDeque<(FrameKey, Rc<Vec<u8>>)>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
+}
+
+fn frame_cache_get(key: &FrameKey) -> Option<Rc<Vec<u8>>> {
+    FRAMES.with(|f| {
+        f.borrow()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    })
+}
+
+fn frame_cache_put(key: FrameKey, data: Rc<Vec<u8>>) {
+    FRAMES.with(|f| {
+        let mut f = f.borrow_mut();
+        f.push_front((key, data));
+        f.truncate(FRAME_CACHE);
+    });
+}
+
 enum Next {
     Event((usize, Event)),
     Heartbeat,
@@ -477,20 +515,47 @@ impl Stream {
                 chunk.last().map_or(from, |r| r.seq)
             };
             self.cursors.insert(topic.to_string(), to);
-            let mut data = Vec::with_capacity(size + 128);
-            let mut o = Obj::new(&mut data);
-            o.str("topic", topic);
-            write_records(
-                o.key("records"),
-                chunk,
-                self.spec.include_tags,
-                self.spec.include_meta,
-                self.spec.include_data,
-            );
-            o.u64("from_seq", from)
-                .u64("to_seq", to)
-                .u64("head_seq", d.head_seq);
-            o.end();
+            let s = &self.spec;
+            let key = FrameKey {
+                topic: topic.to_string(),
+                from,
+                to,
+                head: d.head_seq,
+                first: chunk.first().map_or(0, |r| r.seq),
+                count: chunk.len(),
+                flags: s.include_tags as u8
+                    | (s.include_meta as u8) << 1
+                    | (s.include_data as u8) << 2,
+            };
+            // Watchers at the same position share one serialisation (not with a node
+            // filter, which makes the record set watcher-specific).
+            let cacheable = s.nodes.is_empty();
+            let cached = if cacheable {
+                frame_cache_get(&key)
+            } else {
+                None
+            };
+            let data = cached.unwrap_or_else(|| {
+                let mut data = Vec::with_capacity(size + 128);
+                let mut o = Obj::new(&mut data);
+                o.str("topic", topic);
+                write_records(
+                    o.key("records"),
+                    chunk,
+                    s.include_tags,
+                    s.include_meta,
+                    s.include_data,
+                );
+                o.u64("from_seq", from)
+                    .u64("to_seq", to)
+                    .u64("head_seq", d.head_seq);
+                o.end();
+                let data = Rc::new(data);
+                if cacheable {
+                    frame_cache_put(key, data.clone());
+                }
+                data
+            });
             self.frame(out, "record", &data);
         }
         let cur = self.cursors.entry(topic.to_string()).or_insert(0);
