@@ -39,10 +39,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Seqs reserved ahead of the head of a non-`fsync` topic, so that seqs acknowledged before a
-/// crash are never handed out again even if their frames never reached the disk.
-const RESERVE_AHEAD: u64 = 1000;
-
 pub struct Shard {
     pub opts: ShardOptions,
     pub(crate) topics: RefCell<BTreeMap<String, Topic>>,
@@ -52,8 +48,6 @@ pub struct Shard {
     pub(crate) router_lock: glommio::sync::Semaphore,
     remote: RefCell<Option<Rc<dyn Remote>>>,
     generation: Cell<u64>,
-    /// LSN of the latest reservation frame per topic, keyed like `topics`.
-    reserve_lsn: RefCell<BTreeMap<String, u64>>,
     pub wal: Rc<Wal>,
     scratch: RefCell<Vec<u8>>,
     ready: Cell<bool>,
@@ -101,6 +95,7 @@ fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
         Op::Reserve { topic, upto } => {
             if let Some(t) = topics.get_mut(&topic) {
                 t.reserved_seq = t.reserved_seq.max(upto);
+                t.reservation.durable = t.reserved_seq;
             }
         }
         Op::Delete {
@@ -196,7 +191,6 @@ impl Shard {
             router_lock: glommio::sync::Semaphore::new(1),
             remote: RefCell::new(None),
             generation: Cell::new(1),
-            reserve_lsn: RefCell::new(BTreeMap::new()),
             wal,
             scratch: RefCell::new(Vec::with_capacity(64 << 10)),
             ready: Cell::new(true),
@@ -475,7 +469,6 @@ impl Shard {
             let lsn = self.log(&op, true);
             apply(&mut topics, op, now_ms());
             self.update_gauge(&topics);
-            self.reserve_lsn.borrow_mut().remove(&topic);
             lsn
         };
         self.durable(lsn).await?;
@@ -604,27 +597,25 @@ impl Shard {
             let wait_lsn = if durability == Durability::Fsync {
                 Some(wait_lsn)
             } else {
-                let mut reserve = self.reserve_lsn.borrow_mut();
-                if last_seq > t.reserved_seq {
-                    let upto = last_seq + RESERVE_AHEAD.max(2 * n);
+                let durable_lsn = self.wal.durable_lsn();
+                // Renew the reservation once half of it is used, so that in a steady stream
+                // the next one is on disk before anyone needs it.
+                if last_seq + t.reservation.window / 2 > t.reserved_seq {
+                    let upto = last_seq + t.reservation.window.max(2 * n);
                     let op = Op::Reserve {
                         topic: topic.clone(),
                         upto,
                     };
                     let lsn = self.log(&op, true);
                     t.reserved_seq = upto;
-                    reserve.insert(topic.clone(), lsn);
+                    t.reservation.pending.push_back((lsn, upto));
                 }
                 t.visible_seq = t.head_seq;
                 t.unsynced.push_back((wait_lsn, first_seq));
-                let durable_lsn = self.wal.durable_lsn();
                 while t.unsynced.front().is_some_and(|(l, _)| *l <= durable_lsn) {
                     t.unsynced.pop_front();
                 }
-                reserve
-                    .get(&topic)
-                    .copied()
-                    .filter(|l| *l > self.wal.durable_lsn())
+                t.reservation.wait_for(last_seq, durable_lsn)
             };
             let reply = AppendReply {
                 created,

@@ -106,8 +106,9 @@ pub struct Topic {
     pub head_seq: u64,
     /// The last seq readers may see (an `fsync` topic's records become visible once synced).
     pub visible_seq: u64,
-    /// The highest seq reserved durably for non-`fsync` topics (see `Shard::append`).
+    /// The highest seq reserved for non-`fsync` topics (its frame may still be in flight).
     pub reserved_seq: u64,
+    pub reservation: Reservation,
     pub count: u64,
     pub bytes: u64,
     pub last_ts: u64,
@@ -124,6 +125,51 @@ pub struct Topic {
     pub router_marks: HashMap<Box<str>, u64>,
     /// Woken whenever records become visible (long-polls, watchers).
     pub changed: Rc<Event>,
+}
+
+/// Seqs reserved ahead of the head of a non-`fsync` topic, so that seqs acknowledged before a
+/// crash are never handed out again even if their frames never reached the disk: an append
+/// is acknowledged only once a reservation covering its seqs is durable.
+pub struct Reservation {
+    /// How far ahead to reserve; doubles whenever an append had to wait for a reservation.
+    pub window: u64,
+    /// Reservation frames not yet known durable: (lsn, upto), oldest first.
+    pub pending: VecDeque<(u64, u64)>,
+    /// The highest seq covered by a durable reservation.
+    pub durable: u64,
+}
+
+impl Default for Reservation {
+    fn default() -> Self {
+        Reservation {
+            window: 1024,
+            pending: VecDeque::new(),
+            durable: 0,
+        }
+    }
+}
+
+impl Reservation {
+    const MAX_WINDOW: u64 = 1 << 20;
+
+    /// The LSN to wait for before acknowledging seqs up to `last_seq`, if any.
+    pub fn wait_for(&mut self, last_seq: u64, durable_lsn: u64) -> Option<u64> {
+        while let Some(&(lsn, upto)) = self.pending.front() {
+            if lsn > durable_lsn {
+                break;
+            }
+            self.durable = self.durable.max(upto);
+            self.pending.pop_front();
+        }
+        if last_seq <= self.durable {
+            return None;
+        }
+        self.window = (self.window * 2).min(Self::MAX_WINDOW);
+        self.pending
+            .iter()
+            .find(|(_, upto)| *upto >= last_seq)
+            .map(|(lsn, _)| *lsn)
+    }
 }
 
 /// What a diff read found.
@@ -145,6 +191,7 @@ impl Topic {
             head_seq: 0,
             visible_seq: 0,
             reserved_seq: 0,
+            reservation: Reservation::default(),
             count: 0,
             bytes: 0,
             last_ts: 0,
@@ -557,6 +604,19 @@ mod tests {
         assert_eq!(t.earliest_seq(), 5);
         assert_eq!(t.evict_floor, 5);
         assert_eq!(t.evict_reason, Some(LossReason::Mixed));
+    }
+
+    #[test]
+    fn reservations_wait_only_when_not_yet_durable() {
+        let mut r = Reservation::default();
+        r.pending.push_back((10, 1024));
+        assert_eq!(r.wait_for(1, 9), Some(10));
+        assert_eq!(r.window, 2048);
+        assert_eq!(r.wait_for(5, 10), None);
+        assert_eq!(r.durable, 1024);
+        r.pending.push_back((20, 3000));
+        assert_eq!(r.wait_for(1000, 12), None);
+        assert_eq!(r.wait_for(2000, 12), Some(20));
     }
 
     #[test]
