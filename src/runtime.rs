@@ -33,6 +33,8 @@ pub struct Global {
     pub started: Instant,
     /// Set by SIGTERM/SIGINT: stop accepting, finish in-flight requests, sync, exit 0.
     pub shutting_down: AtomicBool,
+    /// Executors that have finished their requests and streams during a drain.
+    pub quiesced: AtomicUsize,
 }
 
 impl Global {
@@ -236,6 +238,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         progress: ReplayProgress::default(),
         started: Instant::now(),
         shutting_down: AtomicBool::new(false),
+        quiesced: AtomicUsize::new(0),
     });
     install_signal_handler(global.clone())?;
     let mesh = MeshBuilder::<Envelope, _>::full(shards, 1024);
@@ -360,6 +363,13 @@ async fn drain(node: &Node) {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while (node.in_flight.get() > 0 || node.streams.get() > 0) && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    // Requests and streams on every core are done before any shard closes its log: a stream
+    // here writes its final cursors to a session that may live on another shard.
+    let g = &node.global;
+    g.quiesced.fetch_add(1, Ordering::AcqRel);
+    while g.quiesced.load(Ordering::Acquire) < g.shards && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
     }
     if let Some(shard) = node.local() {
         if let Err(e) = shard.shutdown().await {

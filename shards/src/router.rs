@@ -307,7 +307,7 @@ impl Shard {
         glommio::spawn_local(async move { shard.forward(name, generation).await }).detach();
     }
 
-    fn next_step(&self, name: &str, generation: u64) -> Step {
+    fn next_step(&self, name: &str, generation: u64, batch: usize) -> Step {
         let routers = self.routers.borrow();
         let Some(r) = routers.get(name).filter(|r| r.generation == generation) else {
             return Step::Gone;
@@ -316,7 +316,7 @@ impl Shard {
         let Some(t) = topics.get(&r.config.source) else {
             return Step::Gone;
         };
-        let read = t.read(r.cursor, BATCH, &[]);
+        let read = t.read(r.cursor, batch, &[]);
         if read.next_from_seq <= r.cursor {
             return Step::Wait(t.changed.clone());
         }
@@ -371,8 +371,11 @@ impl Shard {
     }
 
     async fn forward(self: Rc<Self>, name: String, generation: u64) {
+        // Shrinks while the dest refuses batches for lack of room (a full `reject` dest may
+        // have room for fewer records than a batch), grows back after successes.
+        let mut batch = BATCH;
         loop {
-            match self.next_step(&name, generation) {
+            match self.next_step(&name, generation, batch) {
                 Step::Gone => return,
                 Step::Wait(ev) => {
                     // Re-check now and then: a deleted router has nobody to wake it.
@@ -421,6 +424,14 @@ impl Shard {
                                 a.last_seq + 1 - a.first_seq
                             };
                             self.advance(&name, generation, next, copied);
+                            batch = (batch * 2).min(BATCH);
+                        }
+                        Reply::Err(ShardError::TopicFull { .. }) => {
+                            if batch > 1 {
+                                batch /= 2;
+                            } else {
+                                glommio::timer::sleep(RETRY).await;
+                            }
                         }
                         Reply::Err(e) => {
                             log::debug!("router {name:?}: dest refused a batch: {e:?}");

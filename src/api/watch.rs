@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 const MAX_TOPICS: usize = 256;
 /// How long one reader long-poll waits before asking again.
 const POLL_MS: u64 = 25_000;
-/// How often a stream writes its cursors back to the session.
-const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+/// How soon a stream writes moved cursors back to its session (also when idle), bounding
+/// what a crash can make a reconnecting client see twice.
+const PROGRESS_EVERY: Duration = Duration::from_millis(50);
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
@@ -302,7 +303,7 @@ fn frame_cache_put(key: FrameKey, data: Rc<Vec<u8>>) {
 
 enum Next {
     Event((usize, Event)),
-    Heartbeat,
+    Timer,
     Shutdown,
 }
 
@@ -372,17 +373,28 @@ impl Stream {
         drop(tx);
         let heartbeat = Duration::from_millis(self.spec.heartbeat_ms);
         let mut last_progress = Instant::now();
+        let mut last_send = Instant::now();
         let mut dirty = false;
         if sink.send(SSE_RETRY).await.is_ok() {
             loop {
                 let closed = sink.closed();
                 let node = self.node.clone();
+                // Wake for the heartbeat, or sooner to save cursors that moved while idle.
+                let heartbeat_at = last_send + heartbeat;
+                let wake_at = if dirty {
+                    heartbeat_at.min(last_progress + PROGRESS_EVERY)
+                } else {
+                    heartbeat_at
+                };
                 let next = futures_lite::future::or(
                     async { rx.recv().await.map(Next::Event) },
                     futures_lite::future::or(
                         async {
-                            glommio::timer::sleep(heartbeat).await;
-                            Some(Next::Heartbeat)
+                            glommio::timer::sleep(
+                                wake_at.saturating_duration_since(Instant::now()),
+                            )
+                            .await;
+                            Some(Next::Timer)
                         },
                         futures_lite::future::or(
                             async {
@@ -401,7 +413,11 @@ impl Stream {
                 let mut end = false;
                 match next {
                     None => break,
-                    Some(Next::Heartbeat) => out.extend_from_slice(SSE_HEARTBEAT),
+                    Some(Next::Timer) => {
+                        if Instant::now() >= heartbeat_at {
+                            out.extend_from_slice(SSE_HEARTBEAT);
+                        }
+                    }
                     Some(Next::Event((idx, ev))) => end = self.on_event(idx, ev, &mut out),
                     Some(Next::Shutdown) => {
                         end = true;
@@ -409,10 +425,13 @@ impl Stream {
                         self.on_event(0, ev, &mut out);
                     }
                 }
-                if !out.is_empty() && sink.send(&out).await.is_err() {
-                    break;
+                if !out.is_empty() {
+                    if sink.send(&out).await.is_err() {
+                        break;
+                    }
+                    last_send = Instant::now();
+                    dirty |= out != SSE_HEARTBEAT;
                 }
-                dirty |= out != SSE_HEARTBEAT;
                 if end || self.open_topics == 0 {
                     break;
                 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod sse;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
