@@ -559,3 +559,38 @@ pub fn check_stream(frames: &[Frame], topics: &[&str], start: &BTreeMap<String, 
         }
     }
 }
+
+// Helpers shared by the watch test files.
+
+pub fn range(a: u64, b: u64) -> Vec<u64> {
+    (a..=b).collect()
+}
+
+pub fn start_map(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+pub fn is_caught_up(f: &Frame, topic: &str) -> bool {
+    f.event() == Some("caught-up") && f.json()["topic"] == serde_json::json!(topic)
+}
+
+pub fn has_caught_up(fs: &[Frame], topic: &str) -> bool {
+    fs.iter().any(|f| is_caught_up(f, topic))
+}
+
+/// The last cursor map in `frames`.
+pub fn last_ids(frames: &[Frame]) -> BTreeMap<String, u64> {
+    frames
+        .iter()
+        .rev()
+        .find_map(|f| f.id().map(decode_id))
+        .expect("some frame with an id")
+}
+
+pub fn last_id(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .rev()
+        .find_map(|f| f.id().map(str::to_string))
+        .expect("some frame with an id")
+}
