@@ -216,15 +216,37 @@ fn check_layout(dir: &Path, shards: usize) -> Result<(), String> {
     }
 }
 
+/// Takes an exclusive lock on the data directory for the life of the process: two servers
+/// on one WAL would corrupt each other.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, String> {
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "data dir {} is in use by another topics process",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 pub fn run(cfg: Config) -> Result<(), String> {
     let shards = cfg.shard_count();
     check_layout(&cfg.data_dir, shards)?;
+    let _lock = lock_data_dir(&cfg.data_dir)?;
     let mut cfg = cfg;
-    if cfg.port == 0 {
-        let l = std::net::TcpListener::bind((cfg.host.as_str(), 0))
-            .map_err(|e| format!("cannot bind {}:0: {e}", cfg.host))?;
-        cfg.port = l.local_addr().map_err(|e| e.to_string())?.port();
-    }
+    // A plain bind first: the executors bind with SO_REUSEPORT, which would otherwise let a
+    // second server silently share the port (and split its clients between two logs).
+    let probe = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
+        .map_err(|e| format!("cannot bind {}:{}: {e}", cfg.host, cfg.port))?;
+    cfg.port = probe.local_addr().map_err(|e| e.to_string())?.port();
+    drop(probe);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let placement = if shards <= cores {
         PoolPlacement::MaxSpread(shards, None)
@@ -394,6 +416,14 @@ fn install_signal_handler(global: Arc<Global>) -> Result<(), String> {
                     std::process::exit(1);
                 }
                 log::info!("signal {sig}: draining");
+                // The drain is bounded: whatever holds it up, the process ends.
+                let _ = std::thread::Builder::new()
+                    .name("drain-watchdog".into())
+                    .spawn(|| {
+                        std::thread::sleep(DRAIN_TIMEOUT * 3);
+                        log::error!("drain did not finish in time; exiting");
+                        std::process::exit(1);
+                    });
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;

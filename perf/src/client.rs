@@ -395,6 +395,67 @@ mod tests {
         assert_eq!(json_number(body, "missing"), None);
     }
 
+    /// A canned server: answers each request on one connection with the next response.
+    fn canned(responses: Vec<&'static [u8]>) -> Target {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut responses = responses.into_iter();
+            while let Ok((mut sock, _)) = listener.accept() {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = sock.read(&mut buf) {
+                    let Some(resp) = responses.next().filter(|_| n > 0) else {
+                        break;
+                    };
+                    // Split the response to exercise partial reads.
+                    let (a, b) = resp.split_at(resp.len() / 2);
+                    sock.write_all(a).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    sock.write_all(b).unwrap();
+                    if resp.ends_with(b"bye") {
+                        break;
+                    }
+                }
+            }
+        });
+        Target::parse(&url).unwrap()
+    }
+
+    #[test]
+    fn round_trips_over_a_socket() {
+        let target = canned(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+            b"HTTP/1.1 201 Created\r\nConnection: close\r\n\r\nbye",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ]);
+        let got = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let mut c = Client::new(target.clone());
+                let req = target.request("GET", "/", None);
+                let mut got = Vec::new();
+                for _ in 0..5 {
+                    let status = c.send(&req).await.unwrap();
+                    got.push((status, String::from_utf8_lossy(c.body()).into_owned()));
+                }
+                got
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let want = [
+            (200, "hello"),
+            (404, "{}"),
+            (200, "abcde"),
+            (201, "bye"),
+            (200, "ok"),
+        ];
+        let want: Vec<_> = want.iter().map(|(s, b)| (*s, b.to_string())).collect();
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn serializes_requests() {
         let t = Target::parse("http://127.0.0.1:4000").unwrap();

@@ -130,8 +130,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let started = (std::time::Instant::now(), report::cpu_seconds());
     match workloads::run(&args, &target) {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.wall_s = started.0.elapsed().as_secs_f64();
+            report.cpu_s = report::cpu_seconds().zip(started.1).map(|(b, a)| b - a);
             report.print(args.json);
             if report.errors() > 0 {
                 eprintln!("topics-load: {} requests failed", report.errors());

@@ -8,6 +8,23 @@ pub struct Report {
     pub url: String,
     pub params: Map<String, Value>,
     pub runs: Vec<Run>,
+    /// Wall time of the whole invocation (set-up, warm-ups and runs) and the CPU time this
+    /// process used meanwhile, user + system, so the client's cost can be set against the
+    /// server's.
+    pub wall_s: f64,
+    pub cpu_s: Option<f64>,
+}
+
+/// User + system CPU time of this process so far, from `/proc/self/stat` (Linux).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // USER_HZ is 100 on every mainstream Linux build.
+    Some((utime + stime) / 100.0)
 }
 
 pub struct Run {
@@ -30,6 +47,22 @@ impl Run {
 }
 
 impl Report {
+    pub fn new(
+        workload: &'static str,
+        url: &str,
+        params: Map<String, Value>,
+        runs: Vec<Run>,
+    ) -> Report {
+        Report {
+            workload,
+            url: url.to_string(),
+            params,
+            runs,
+            wall_s: 0.0,
+            cpu_s: None,
+        }
+    }
+
     pub fn errors(&self) -> u64 {
         self.runs
             .iter()
@@ -53,6 +86,8 @@ impl Report {
             "url": self.url,
             "params": self.params,
             "runs": runs,
+            "wall_s": crate::stats::round(self.wall_s, 3),
+            "client_cpu_s": self.cpu_s.map(|c| crate::stats::round(c, 2)),
         })
     }
 
@@ -69,6 +104,9 @@ impl Report {
         println!("# {} {} ({})", self.workload, self.url, params.join(" "));
         for run in &self.runs {
             println!("{}", human_line(self.workload, run));
+        }
+        if let Some(cpu) = self.cpu_s {
+            println!("# load generator: {cpu:.2} s CPU in {:.2} s", self.wall_s);
         }
     }
 }

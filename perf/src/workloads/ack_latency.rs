@@ -25,10 +25,5 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
         let (rec, elapsed) = closed_loop(args, target, plan)?;
         runs.push(Run::new(class.name(), rec.summary(elapsed)));
     }
-    Ok(Report {
-        workload: "ack-latency",
-        url: args.url.clone(),
-        params: params(args, 1),
-        runs,
-    })
+    Ok(Report::new("ack-latency", &args.url, params(args, 1), runs))
 }

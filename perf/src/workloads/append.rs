@@ -32,10 +32,10 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
     let mut p = params(args, connections);
     p.insert("topics".into(), json!(topics.len()));
     p.insert("durability".into(), json!(class.name()));
-    Ok(Report {
-        workload: "append",
-        url: args.url.clone(),
-        params: p,
-        runs: vec![Run::new(class.name(), rec.summary(elapsed))],
-    })
+    Ok(Report::new(
+        "append",
+        &args.url,
+        p,
+        vec![Run::new(class.name(), rec.summary(elapsed))],
+    ))
 }

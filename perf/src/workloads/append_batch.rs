@@ -24,10 +24,10 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
     let mut p = params(args, connections);
     p.insert("batch".into(), json!(batch));
     p.insert("durability".into(), json!(class.name()));
-    Ok(Report {
-        workload: "append-batch",
-        url: args.url.clone(),
-        params: p,
-        runs: vec![Run::new(class.name(), rec.summary(elapsed))],
-    })
+    Ok(Report::new(
+        "append-batch",
+        &args.url,
+        p,
+        vec![Run::new(class.name(), rec.summary(elapsed))],
+    ))
 }

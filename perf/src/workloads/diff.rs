@@ -58,12 +58,7 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
     p.insert("topic".into(), json!(topic));
     p.insert("head_seq".into(), json!(head));
     p.insert("durability".into(), json!(class.name()));
-    Ok(Report {
-        workload: "diff",
-        url: args.url.clone(),
-        params: p,
-        runs,
-    })
+    Ok(Report::new("diff", &args.url, p, runs))
 }
 
 async fn head_seq(client: &mut Client, target: &Target, topic: &str) -> Result<u64, String> {
