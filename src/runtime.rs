@@ -236,17 +236,39 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, String> {
     }
 }
 
+/// The executors bind with SO_REUSEPORT, which would let a second server silently share the
+/// port with a running one (splitting clients between two logs): refuse when something
+/// already accepts connections there. (A plain bind probe would also trip over the closing
+/// connections a killed predecessor leaves behind.)
+fn refuse_if_listening(host: &str, port: u16) -> Result<(), String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    let ip: IpAddr = match host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_unspecified() && ip.is_ipv4() => Ipv4Addr::LOCALHOST.into(),
+        Ok(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
+        Ok(ip) => ip,
+        Err(_) => return Ok(()), // a host name: the executors' bind reports any problem
+    };
+    let addr = SocketAddr::new(ip, port);
+    match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        Ok(_) => Err(format!(
+            "cannot bind {host}:{port}: another process is already listening there"
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
 pub fn run(cfg: Config) -> Result<(), String> {
     let shards = cfg.shard_count();
     check_layout(&cfg.data_dir, shards)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
     let mut cfg = cfg;
-    // A plain bind first: the executors bind with SO_REUSEPORT, which would otherwise let a
-    // second server silently share the port (and split its clients between two logs).
-    let probe = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
-        .map_err(|e| format!("cannot bind {}:{}: {e}", cfg.host, cfg.port))?;
-    cfg.port = probe.local_addr().map_err(|e| e.to_string())?.port();
-    drop(probe);
+    if cfg.port == 0 {
+        let l = std::net::TcpListener::bind((cfg.host.as_str(), 0))
+            .map_err(|e| format!("cannot bind {}:0: {e}", cfg.host))?;
+        cfg.port = l.local_addr().map_err(|e| e.to_string())?.port();
+    } else {
+        refuse_if_listening(&cfg.host, cfg.port)?;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let placement = if shards <= cores {
         PoolPlacement::MaxSpread(shards, None)
