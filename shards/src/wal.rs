@@ -15,7 +15,7 @@
 //! remainder too small for a header) moves on to the next file.
 //!
 //! Group commit: appends go into an in-memory pending buffer and return their LSN at once.
-//! One flusher task per core has at most one write + `fdatasync` in flight; everything that
+//! One flusher task per core has at most one synchronous (O_DSYNC) write in flight; everything that
 //! arrives meanwhile rides the next one. Frames that need an acknowledged sync (`fsync`
 //! topics) mark the buffer urgent; otherwise the flusher waits up to the sync interval to
 //! gather more.
@@ -273,40 +273,54 @@ pub async fn open(
 
 async fn open_for_write(dir: &Path, idx: u64, size: u64) -> Result<DmaFile, WalError> {
     let path = dir.join(file_name(idx));
-    let file = OpenOptions::new()
+    {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(&path)
+            .await
+            .map_err(|e| io_err("open wal file", e))?;
+        let cur = file.file_size().await.map_err(|e| io_err("stat wal", e))?;
+        if cur < size {
+            file.pre_allocate(size, false)
+                .await
+                .map_err(|e| io_err("preallocate wal file", e))?;
+            // Write the new range once with zeros: a direct write into fallocated but never
+            // written space converts extents, which io_uring cannot do inline (the write is
+            // punted to a kernel worker) and costs milliseconds under load; an overwrite
+            // does not.
+            let mut pos = cur / ALIGN * ALIGN;
+            while pos < size {
+                let len = (size - pos).min(ZERO_FILL_CHUNK) as usize;
+                let mut buf = file.alloc_dma_buffer(len);
+                buf.as_bytes_mut().fill(0);
+                file.write_at(buf, pos)
+                    .await
+                    .map_err(|e| io_err("zero-fill wal file", e))?;
+                pos += len as u64;
+            }
+            // Make the new size and extents durable now, not on the commit path.
+            file.fdatasync()
+                .await
+                .map_err(|e| io_err("sync wal file", e))?;
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let _ = file.close().await;
+    }
+    // Frames are written with O_DSYNC: a write completes once it is on stable storage, so a
+    // commit is one I/O instead of a write and an fdatasync (~100 us instead of ~130 us for
+    // a 16 KiB overwrite here). The file's size and extents never change after the
+    // zero-fill above, so no metadata has to follow.
+    OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
+        .custom_flags(libc::O_DSYNC)
         .dma_open(&path)
         .await
-        .map_err(|e| io_err("open wal file", e))?;
-    let cur = file.file_size().await.map_err(|e| io_err("stat wal", e))?;
-    if cur < size {
-        file.pre_allocate(size, false)
-            .await
-            .map_err(|e| io_err("preallocate wal file", e))?;
-        // Write the new range once with zeros: a direct write into fallocated but never
-        // written space converts extents, which io_uring cannot do inline (the write is
-        // punted to a kernel worker) and costs milliseconds under load; an overwrite does not.
-        let mut pos = cur / ALIGN * ALIGN;
-        while pos < size {
-            let len = (size - pos).min(ZERO_FILL_CHUNK) as usize;
-            let mut buf = file.alloc_dma_buffer(len);
-            buf.as_bytes_mut().fill(0);
-            file.write_at(buf, pos)
-                .await
-                .map_err(|e| io_err("zero-fill wal file", e))?;
-            pos += len as u64;
-        }
-        // Make the new size and extents durable now, not on the commit path.
-        file.fdatasync()
-            .await
-            .map_err(|e| io_err("sync wal file", e))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(file)
+        .map_err(|e| io_err("open wal file", e))
 }
 
 const ZERO_FILL_CHUNK: u64 = 1 << 20;
@@ -532,25 +546,12 @@ async fn run_flusher(wal: Rc<Wal>, mut f: Flusher) {
             st.urgent = false;
             (std::mem::take(&mut st.chunks), st.next_lsn - 1)
         };
+        // Files are opened O_DSYNC: each completed write is durable, in order.
         let mut result = Ok(());
-        let mut synced_old = false;
         for chunk in chunks {
-            if chunk.file_idx != f.file_idx && !synced_old {
-                // Sync the file we are leaving before moving on.
-                if let Err(e) = f.file.fdatasync().await {
-                    result = Err(io_err("fdatasync wal", e));
-                    break;
-                }
-                synced_old = true;
-            }
             if let Err(e) = f.write_chunk(&wal, chunk).await {
                 result = Err(e);
                 break;
-            }
-        }
-        if result.is_ok() {
-            if let Err(e) = f.file.fdatasync().await {
-                result = Err(io_err("fdatasync wal", e));
             }
         }
         match result {
