@@ -320,6 +320,12 @@ fn parse_head(bytes: &[u8]) -> io::Result<Option<Head>> {
     }))
 }
 
+/// The status and length of a complete response head at the start of `bytes` (`None` while
+/// it is incomplete); for streams whose body is read by the caller.
+pub fn response_head(bytes: &[u8]) -> io::Result<Option<(u16, usize)>> {
+    Ok(parse_head(bytes)?.map(|h| (h.status, h.len)))
+}
+
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
@@ -336,6 +342,19 @@ pub fn json_number(body: &[u8], key: &str) -> Option<f64> {
 pub fn json_u64(body: &[u8], key: &str) -> Option<u64> {
     let raw = json_raw_number(body, key)?;
     std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+/// The string value of the first `"key":` in a JSON body (no escapes expected: ids, names).
+pub fn json_str<'a>(body: &'a [u8], key: &str) -> Option<&'a str> {
+    let quoted = format!("\"{key}\"");
+    let at = body
+        .windows(quoted.len())
+        .position(|w| w == quoted.as_bytes())?;
+    let rest = body[at + quoted.len()..].trim_ascii_start();
+    let rest = rest.strip_prefix(b":")?.trim_ascii_start();
+    let rest = rest.strip_prefix(b"\"")?;
+    let len = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    std::str::from_utf8(&rest[..len]).ok()
 }
 
 fn json_raw_number<'a>(body: &'a [u8], key: &str) -> Option<&'a [u8]> {
@@ -393,6 +412,9 @@ mod tests {
         assert_eq!(json_number(body, "server_total_ms"), Some(0.024));
         assert_eq!(json_number(body, "fsync_ms"), Some(0.0));
         assert_eq!(json_number(body, "missing"), None);
+        let body = br#"{"wid": "wid_abc-_1","stream_url":"/v0/watch/wid_abc-_1"}"#;
+        assert_eq!(json_str(body, "wid"), Some("wid_abc-_1"));
+        assert_eq!(json_str(body, "nope"), None);
     }
 
     /// A canned server: answers each request on one connection with the next response.

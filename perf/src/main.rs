@@ -3,11 +3,16 @@
 //!
 //! ```text
 //! topics-load --workload append --connections 64 --topics 100 --durability fsync --cpu 1
+//! topics-load --workload fanout --watchers 1000 --rate 1000 --cpu 1
+//! topics-load --workload watch-idle --watchers 10000 --server-pid 1234 --duration-secs 5 --cpu 1
+//! topics-load --workload router --cpu 1
 //! ```
 
 mod client;
 mod exec;
+mod procfs;
 mod report;
+mod sse;
 mod stats;
 mod workloads;
 
@@ -55,7 +60,8 @@ pub struct Args {
     /// Warm-up before each measured run (load applied, nothing recorded), in seconds.
     #[arg(long, default_value_t = 1.0)]
     pub warmup_secs: f64,
-    /// Concurrent connections [default: append 64, append-batch 16, diff 1; ack-latency is 1].
+    /// Concurrent connections [default: append 64, append-batch 16, diff 1; ack-latency and
+    /// router are 1; fanout and watch-idle: streams opened concurrently, 32].
     #[arg(long)]
     pub connections: Option<usize>,
     /// Number of topics the `append` workload spreads its writes over.
@@ -76,6 +82,23 @@ pub struct Args {
     /// Diff page sizes to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 256, 1000])]
     pub limit: Vec<u32>,
+    /// Watch streams [default: fanout 1000, watch-idle 10000].
+    #[arg(long)]
+    pub watchers: Option<usize>,
+    /// Records per second the fanout writer appends (one record per POST, paced).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Topics the watch-idle streams are spread over (each stream follows one).
+    #[arg(long, default_value_t = 4)]
+    pub watch_topics: usize,
+    /// Server process whose RSS watch-idle reports [default: the process listening on the
+    /// URL's port, found through /proc].
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// After the writer stops: how long fanout waits for frames still missing, and router
+    /// for the forwarding to catch up, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_secs: f64,
     /// Pin one executor to each of these CPUs (comma-separated); connections are spread
     /// over them.
     #[arg(long, value_delimiter = ',')]
@@ -104,6 +127,10 @@ impl Args {
         Duration::from_secs_f64(self.warmup_secs.max(0.0))
     }
 
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_secs.max(0.0))
+    }
+
     pub fn cpus(&self) -> Cpus {
         let placement = if self.cpu.is_empty() {
             Pin::Unbound(self.threads.max(1))
@@ -121,6 +148,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if args.record_bytes < 64 {
         eprintln!("topics-load: --record-bytes must be at least 64");
+        return ExitCode::from(2);
+    }
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        eprintln!("topics-load: --rate must be a positive number");
         return ExitCode::from(2);
     }
     let target = match Target::parse(&args.url) {

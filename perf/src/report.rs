@@ -114,6 +114,10 @@ impl Report {
 /// `append fsync: 12345.6 records/s 12345.6 req/s  p50 850 µs  p99 2100 µs  p999 4000 µs  errors 0`
 fn human_line(workload: &str, run: &Run) -> String {
     let f = &run.figures;
+    if matches!(workload, "fanout" | "watch-idle" | "router") {
+        let all: Vec<String> = f.iter().map(|(k, v)| format!("{k} {}", plain(v))).collect();
+        return format!("{workload} {}: {}", run.name, all.join("  "));
+    }
     let get = |k: &str| f.get(k).map(plain).unwrap_or_else(|| "-".into());
     let mut line = format!(
         "{workload} {}: {} records/s  {} req/s  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  errors {}",

@@ -167,6 +167,32 @@ impl Recorder {
     }
 }
 
+/// A histogram of microseconds with the bounds every recorder uses.
+pub fn us_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds")
+}
+
+/// Records a duration in µs (at least 1) in such a histogram.
+pub fn record_us(h: &mut Histogram<u64>, us: u64) {
+    h.saturating_record(us.max(1));
+}
+
+/// Inserts `{prefix}p50_us`, `p99_us`, `p999_us`, `max_us` (0 for an empty histogram).
+pub fn insert_percentiles(m: &mut Map<String, Value>, prefix: &str, h: &Histogram<u64>) {
+    let q = |q: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
+    };
+    m.insert(format!("{prefix}p50_us"), json!(q(0.5)));
+    m.insert(format!("{prefix}p90_us"), json!(q(0.9)));
+    m.insert(format!("{prefix}p99_us"), json!(q(0.99)));
+    m.insert(format!("{prefix}p999_us"), json!(q(0.999)));
+    m.insert(format!("{prefix}max_us"), json!(h.max()));
+}
+
 fn ms_to_ns(ms: f64) -> u64 {
     (ms * 1e6).round().max(1.0) as u64
 }

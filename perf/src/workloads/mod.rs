@@ -7,6 +7,9 @@ pub mod ack_latency;
 pub mod append;
 pub mod append_batch;
 pub mod diff;
+pub mod fanout;
+pub mod router;
+pub mod watch_idle;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +20,7 @@ use serde_json::{json, Map, Value};
 use crate::client::{json_number, Client, Target};
 use crate::exec::{Cpus, Window};
 use crate::report::Report;
+use crate::sse::{create_session, WatchStream};
 use crate::stats::Recorder;
 use crate::{Args, Durability};
 
@@ -30,6 +34,12 @@ pub enum Workload {
     AckLatency,
     /// Sequential reads of a preloaded topic with several page sizes.
     Diff,
+    /// N SSE watch streams on one topic and a writer at a fixed rate: delivery latency.
+    Fanout,
+    /// N idle SSE watch streams held open: the server's memory per stream.
+    WatchIdle,
+    /// A router src -> dst under a single-client writer: forwarding rate, lag, drain time.
+    Router,
 }
 
 impl Workload {
@@ -39,6 +49,9 @@ impl Workload {
             Workload::AppendBatch => "append-batch",
             Workload::AckLatency => "ack-latency",
             Workload::Diff => "diff",
+            Workload::Fanout => "fanout",
+            Workload::WatchIdle => "watch-idle",
+            Workload::Router => "router",
         }
     }
 }
@@ -49,6 +62,9 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
         Workload::AppendBatch => append_batch::run(args, target),
         Workload::AckLatency => ack_latency::run(args, target),
         Workload::Diff => diff::run(args, target),
+        Workload::Fanout => fanout::run(args, target),
+        Workload::WatchIdle => watch_idle::run(args, target),
+        Workload::Router => router::run(args, target),
     }
 }
 
@@ -116,6 +132,38 @@ pub async fn put_topic(
     if !(200..300).contains(&status) {
         let body = String::from_utf8_lossy(client.body());
         return Err(format!("PUT {topic}: HTTP {status}: {body}"));
+    }
+    Ok(())
+}
+
+/// Opens one watch stream: creates the session with `body` over `client`, opens its SSE
+/// stream and reads up to its first `caught-up` frame.
+pub async fn open_watch(
+    client: &mut Client,
+    target: &Target,
+    body: &[u8],
+    buf_size: usize,
+) -> Result<WatchStream, String> {
+    let wid = create_session(client, target, body).await?;
+    let mut stream = WatchStream::connect(target, &wid, buf_size)
+        .await
+        .map_err(|e| format!("GET /v0/watch/{wid}: {e}"))?;
+    stream
+        .wait_for(b"event: caught-up\n")
+        .await
+        .map_err(|e| format!("watch {wid} before caught-up: {e}"))?;
+    Ok(stream)
+}
+
+/// Makes sure this process may hold `streams` sockets besides a few others.
+pub fn ensure_fds(streams: usize) -> Result<(), String> {
+    let want = streams as u64 + 256;
+    let got = crate::procfs::raise_nofile(want)?;
+    if got < want {
+        return Err(format!(
+            "RLIMIT_NOFILE is {got}, {streams} streams need about {want} (raise the hard \
+             limit, e.g. ulimit -n 65536 as root)"
+        ));
     }
     Ok(())
 }
