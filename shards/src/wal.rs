@@ -246,14 +246,13 @@ pub async fn open(
         stats: WalStats::default(),
     });
     let file = open_for_write(dir, tail.file_idx, tail.file_size).await?;
-    let mut flusher = Flusher {
+    let flusher = Flusher {
         file_idx: tail.file_idx,
         file: Rc::new(file),
         block_start: tail.pos / ALIGN * ALIGN,
         block: tail.block,
         next: None,
     };
-    flusher.prepare_next(&wal);
     // The first frame of every run records its epoch, overwriting whatever torn bytes
     // followed the last valid frame.
     wal.append(KIND_EPOCH, &[], true);
@@ -479,7 +478,6 @@ impl Flusher {
             self.file_idx = chunk.file_idx;
             self.block_start = 0;
             self.block.clear();
-            self.prepare_next(wal);
         }
         debug_assert_eq!(self.block_start + self.block.len() as u64, chunk.start);
         let used = self.block.len() + chunk.bytes.len();
@@ -509,6 +507,11 @@ impl Flusher {
         wal.stats
             .bytes_written
             .set(wal.stats.bytes_written.get() + size as u64);
+        // Prepare the next file once a quarter of this one is used: early enough to be ready
+        // at rotation, late enough not to compete with a fresh server's first commits.
+        if self.next.is_none() && self.block_start >= wal.default_file_size / 4 {
+            self.prepare_next(wal);
+        }
         Ok(())
     }
 }

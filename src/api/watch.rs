@@ -30,7 +30,7 @@ const MAX_TOPICS: usize = 256;
 const POLL_MS: u64 = 25_000;
 /// How soon a stream writes moved cursors back to its session (also when idle), bounding
 /// what a crash can make a reconnecting client see twice.
-const PROGRESS_EVERY: Duration = Duration::from_millis(50);
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
@@ -263,10 +263,11 @@ pub async fn open(api: &Api, wid: String, req: &Request) -> ApiResult {
     }))
 }
 
-/// Identifies a serialised record frame: watchers at the same position with the same
-/// options get byte-identical `data:` payloads.
+/// Identifies a serialised record frame (`id:`, `event:` and `data:` lines): watchers at the
+/// same position with the same options and the same cursor map get byte-identical frames.
 #[derive(PartialEq, Eq)]
 struct FrameKey {
+    id: String,
     topic: String,
     from: u64,
     to: u64,
@@ -545,6 +546,7 @@ impl Stream {
                 flags: s.include_tags as u8
                     | (s.include_meta as u8) << 1
                     | (s.include_data as u8) << 2,
+                id: self.id(),
             };
             // Watchers at the same position share one serialisation (not with a node
             // filter, which makes the record set watcher-specific).
@@ -554,7 +556,7 @@ impl Stream {
             } else {
                 None
             };
-            let data = cached.unwrap_or_else(|| {
+            let frame = cached.unwrap_or_else(|| {
                 let mut data = Vec::with_capacity(size + 128);
                 let mut o = Obj::new(&mut data);
                 o.str("topic", topic);
@@ -569,13 +571,15 @@ impl Stream {
                     .u64("to_seq", to)
                     .u64("head_seq", d.head_seq);
                 o.end();
-                let data = Rc::new(data);
+                let mut frame = Vec::with_capacity(data.len() + key.id.len() + 32);
+                sse_event(&mut frame, Some(&key.id), "record", &data);
+                let frame = Rc::new(frame);
                 if cacheable {
-                    frame_cache_put(key, data.clone());
+                    frame_cache_put(key, frame.clone());
                 }
-                data
+                frame
             });
-            self.frame(out, "record", &data);
+            out.extend_from_slice(&frame);
         }
         let cur = self.cursors.entry(topic.to_string()).or_insert(0);
         *cur = (*cur).max(d.next_from_seq);
