@@ -3,14 +3,16 @@
 # data dir pinned with taskset (round 1: server on CPU 0 with --shards 1, load generator on
 # CPU 1; round 2: server on both cores with --shards 2, load generator unpinned), runs the
 # fixed workloads of perf/ (topics-load), prints one Markdown table and writes it and the raw
-# JSON to perf/results/latest.{md,json}.
+# JSON to perf/results/latest.{md,json}. Round 1 ends with the `topics` workload (appends over
+# TOPICS lazily created topics) on a fresh server of its own, so that its RSS starts clean.
 #
 #   scripts/load.sh                    # both rounds against a server it starts
 #   scripts/load.sh --url URL          # the same workloads against a running server
 #   scripts/load.sh --ceiling          # also a static 200 from nginx, the same append shape
 #   DURATION=5 scripts/load.sh         # shorter runs (seconds per measured run, default 10)
 #
-# Environment: DURATION (10), WARMUP (1), PRELOAD (1000000 records for diff), PORT (4780),
+# Environment: DURATION (10), WARMUP (1), PRELOAD (1000000 records for diff), TOPICS (100000
+# topics for the topics workload), PORT (4780),
 # OUT_DIR (perf/results), CARGO_TARGET_DIR (target), LOAD_ARGS (extra topics-load flags),
 # QUIET_WAIT (60: seconds to wait before each run for other work on the machine to stop),
 # TOPICS_SERVER (a prebuilt server binary to benchmark instead of building the workspace's;
@@ -21,6 +23,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
 PRELOAD=${PRELOAD:-1000000}
+TOPICS=${TOPICS:-100000}
 PORT=${PORT:-4780}
 OUT_DIR=${OUT_DIR:-$ROOT/perf/results}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -35,7 +38,7 @@ while [ $# -gt 0 ]; do
         --url) URL=${2:?--url needs a URL}; shift 2 ;;
         --url=*) URL=${1#--url=}; shift ;;
         --ceiling) CEILING=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "load.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -262,6 +265,13 @@ workloads() {
     fi
 }
 
+# The topics workload: $1 setup label, rest load placement flags (with --server-pid when the
+# server is ours).
+many_topics() {
+    local setup=$1; shift
+    run "$setup" "$@" -- --workload topics --topics "$TOPICS" --connections 64
+}
+
 note() {
     jq -nc --arg setup "$1" --arg server "$2" --arg load "$3" --arg rss "$4" \
         '{setup: $setup, server: $server, load: $load, server_rss_mib: $rss}' >>"$NOTES"
@@ -275,6 +285,7 @@ fi
 if [ -n "$URL" ]; then
     TARGET_URL=$URL
     workloads "external" all
+    many_topics "external"
     note "external" "$URL (already running)" "unpinned, 1 executor" ""
 else
     TARGET_URL="http://127.0.0.1:$PORT"
@@ -282,6 +293,12 @@ else
     start_server 0 1
     workloads "$S1" all --cpu 1
     note "$S1" "$SERVER_CMD" "topics-load --cpu 1" "$(server_rss_mib)"
+    stop_server
+
+    S1F="1 core, fresh server"
+    start_server 0 1
+    many_topics "$S1F" --cpu 1 --server-pid "$SERVER_PID"
+    note "$S1F" "$SERVER_CMD" "topics-load --cpu 1" "$(server_rss_mib)"
     stop_server
 
     if [ "$CEILING" = 1 ]; then
@@ -327,6 +344,7 @@ jq -s --slurpfile notes "$NOTES" --arg date "$DATE" --arg nproc "$NPROC" --arg m
 TABLE_JQ='
 def commas: (floor | tostring | explode | reverse) as $d
     | [range(0; $d | length; 3) as $i | $d[$i:$i + 3] | reverse | implode] | reverse | join(",");
+def num: if . == null then "?" else commas end;
 def lat: if . == null then "—" elif . < 1000 then "\(.) µs" else "\((. / 10 | round) / 100) ms" end;
 def ms: if . == null then null elif . < 1 then "\((. * 1000 * 10 | round) / 10) µs" else "\((. * 100 | round) / 100) ms" end;
 def served: [ (.server_total_ms_p50 | ms | select(.) | "total \(.)"),
@@ -355,6 +373,12 @@ def row($r; $p; $run):
       elif $r.workload == "diff" then
         ["diff \($n)", "\($p.connections) reader, sequential over \($p.head_seq | commas) records",
          "**\($run.records_per_s | commas)** records/s (\($run.requests_per_s | commas) req/s)"]
+      elif $r.workload == "topics" and $n == "create" then
+        ["topics create pass", "\($p.topics | commas) first writes (each creates its topic, no PUT), \($p.connections) conns",
+         "\($run.records_per_s | commas) creates/s; RSS \($run.rss_before_mib // "?") → \($run.rss_after_create_mib // "?") MiB (\($run.rss_per_topic_created_bytes | num) B/topic)"]
+      elif $r.workload == "topics" then
+        ["topics `\($n)`", "\($p.connections) conns round-robin over \($p.topics | commas) topics, 1 record/POST",
+         "**\($run.records_per_s | commas)** appends/s; RSS \($run.rss_before_mib // "?") → \($run.rss_after_mib // "?") MiB with \($run.records_retained | commas) records retained (\($run.rss_per_topic_bytes | num) B/topic)"]
       else [$r.workload + " " + $n, "", "\($run.records_per_s | commas) records/s"] end
     | [$r.setup] + . + [($run.p50_us | lat), ($run.p99_us | lat), ($run.p999_us | lat), ($run | served),
        ($r.cpu | cores), ($run | errs)];

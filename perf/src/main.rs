@@ -6,6 +6,7 @@
 //! topics-load --workload fanout --watchers 1000 --rate 1000 --cpu 1
 //! topics-load --workload watch-idle --watchers 10000 --server-pid 1234 --duration-secs 5 --cpu 1
 //! topics-load --workload router --cpu 1
+//! topics-load --workload topics --topics 100000 --server-pid 1234 --cpu 1
 //! ```
 
 mod client;
@@ -60,13 +61,14 @@ pub struct Args {
     /// Warm-up before each measured run (load applied, nothing recorded), in seconds.
     #[arg(long, default_value_t = 1.0)]
     pub warmup_secs: f64,
-    /// Concurrent connections [default: append 64, append-batch 16, diff 1; ack-latency and
+    /// Concurrent connections [default: append and topics 64, append-batch 16, diff 1; ack-latency and
     /// router are 1; fanout and watch-idle: streams opened concurrently, 32].
     #[arg(long)]
     pub connections: Option<usize>,
-    /// Number of topics the `append` workload spreads its writes over.
-    #[arg(long, default_value_t = 100)]
-    pub topics: usize,
+    /// Number of topics the `append` and `topics` workloads spread their writes over
+    /// [default: append 100, topics 100000].
+    #[arg(long)]
+    pub topics: Option<usize>,
     /// Commit class of the written topics [default: disk; ack-latency: both].
     #[arg(long, value_enum)]
     pub durability: Option<Durability>,
@@ -91,7 +93,7 @@ pub struct Args {
     /// Topics the watch-idle streams are spread over (each stream follows one).
     #[arg(long, default_value_t = 4)]
     pub watch_topics: usize,
-    /// Server process whose RSS watch-idle reports [default: the process listening on the
+    /// Server process whose RSS watch-idle and topics report [default: the process listening on the
     /// URL's port, found through /proc].
     #[arg(long)]
     pub server_pid: Option<u32>,

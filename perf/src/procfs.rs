@@ -5,9 +5,21 @@ use std::fs;
 
 /// `VmRSS` of a process, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_ascii_whitespace().nth(1)?.parse().ok()
+    status_kib(pid, &["VmRSS"]).pop()?
+}
+
+/// Fields of `/proc/<pid>/status` given in KiB (`VmRSS`, `RssAnon`, `RssFile`, ...), in the
+/// order asked; `None` for a field that is missing (or for all, if the process is gone).
+pub fn status_kib(pid: u32, keys: &[&str]) -> Vec<Option<u64>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    keys.iter()
+        .map(|key| {
+            let line = status
+                .lines()
+                .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
+            line.split_ascii_whitespace().nth(1)?.parse().ok()
+        })
+        .collect()
 }
 
 /// The process holding a socket that listens on TCP `port` (any local address), found by
@@ -78,6 +90,9 @@ mod tests {
     #[test]
     fn reads_own_rss_and_finds_a_listener() {
         assert!(rss_kib(std::process::id()).unwrap() > 0);
+        let parts = status_kib(std::process::id(), &["RssAnon", "NoSuchField"]);
+        assert!(parts[0].unwrap() > 0);
+        assert_eq!(parts[1], None);
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         assert_eq!(listener_pid(port), Some(std::process::id()));

@@ -130,7 +130,18 @@ fn human_line(workload: &str, run: &Run) -> String {
         get("max_us"),
         get("errors"),
     );
-    for key in ["server_total_ms_p50", "fsync_ms_p50", "first_error"] {
+    for key in [
+        "server_total_ms_p50",
+        "fsync_ms_p50",
+        "created",
+        "rss_before_mib",
+        "rss_after_create_mib",
+        "rss_after_mib",
+        "rss_per_topic_created_bytes",
+        "rss_per_topic_bytes",
+        "records_retained",
+        "first_error",
+    ] {
         if let Some(v) = f.get(key) {
             line.push_str(&format!("  {key} {}", plain(v)));
         }

@@ -11,7 +11,7 @@ use crate::Args;
 pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
     let class = durability(args);
     let connections = args.connections.unwrap_or(64).max(1);
-    let topics: Vec<String> = (0..args.topics.max(1))
+    let topics: Vec<String> = (0..args.topics.unwrap_or(100).max(1))
         .map(|i| format!("{}-append-{}-{i}", args.topic_prefix, class.name()))
         .collect();
     create_topics(&args.cpus(), target, topics.clone(), class)?;

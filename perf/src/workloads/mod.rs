@@ -8,6 +8,7 @@ pub mod append;
 pub mod append_batch;
 pub mod diff;
 pub mod fanout;
+pub mod many_topics;
 pub mod router;
 pub mod watch_idle;
 
@@ -40,6 +41,8 @@ pub enum Workload {
     WatchIdle,
     /// A router src -> dst under a single-client writer: forwarding rate, lag, drain time.
     Router,
+    /// Single-record appends round-robin over many lazily created topics: the server's RSS.
+    Topics,
 }
 
 impl Workload {
@@ -52,6 +55,7 @@ impl Workload {
             Workload::Fanout => "fanout",
             Workload::WatchIdle => "watch-idle",
             Workload::Router => "router",
+            Workload::Topics => "topics",
         }
     }
 }
@@ -65,6 +69,7 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
         Workload::Fanout => fanout::run(args, target),
         Workload::WatchIdle => watch_idle::run(args, target),
         Workload::Router => router::run(args, target),
+        Workload::Topics => many_topics::run(args, target),
     }
 }
 
