@@ -67,7 +67,11 @@ pub async fn serve_connection<H: Handler>(stream: TcpStream, handler: Rc<H>, lim
     match conn.run(&*handler).await {
         Ok(Close::Linger) => conn.linger().await,
         Ok(Close::Now) => {}
-        Ok(Close::Stream(body)) => run_stream(conn.stream, body).await,
+        Ok(Close::Stream(body)) => {
+            // Free the request buffers: a stream may stay open for hours.
+            let Conn { stream, .. } = conn;
+            run_stream(stream, body).await
+        }
         Err(e) => {
             let peer = conn.stream.peer_addr().ok();
             debug!("http: connection from {peer:?} dropped: {e}");
