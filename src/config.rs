@@ -37,6 +37,14 @@ pub struct Config {
     /// Whether a write to a missing topic creates it (a write's `create` flag overrides).
     #[arg(long, env = "TOPICS_AUTO_CREATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_create: bool,
+
+    /// Most watch sessions at once (0 = unlimited); past it `POST /v0/watch` gets 429.
+    #[arg(long, env = "TOPICS_MAX_WATCH_SESSIONS", default_value_t = 10_000)]
+    pub max_watch_sessions: usize,
+
+    /// Most open SSE streams at once (0 = unlimited); past it opening a stream gets 429.
+    #[arg(long, env = "TOPICS_MAX_SSE_CONNECTIONS", default_value_t = 10_000)]
+    pub max_sse_connections: usize,
 }
 
 impl Config {

@@ -29,6 +29,11 @@ pub struct Global {
     pub shards: usize,
     pub ready_shards: AtomicUsize,
     pub topics: Vec<Arc<AtomicUsize>>,
+    pub sessions: Vec<Arc<AtomicUsize>>,
+    /// Open SSE streams, all executors.
+    pub sse_connections: AtomicUsize,
+    pub max_watch_sessions: usize,
+    pub max_sse_connections: usize,
     pub progress: ReplayProgress,
     pub started: Instant,
     /// Set by SIGTERM/SIGINT: stop accepting, finish in-flight requests, sync, exit 0.
@@ -279,6 +284,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
         shards,
         ready_shards: AtomicUsize::new(0),
         topics: (0..shards).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
+        sessions: (0..shards).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
+        sse_connections: AtomicUsize::new(0),
+        max_watch_sessions: cfg.max_watch_sessions,
+        max_sse_connections: cfg.max_sse_connections,
         progress: ReplayProgress::default(),
         started: Instant::now(),
         shutting_down: AtomicBool::new(false),
@@ -345,6 +354,7 @@ async fn executor_main(
         wal_file_size: shards::wal::FILE_SIZE,
         auto_create: cfg.auto_create,
         topic_gauge: global.topics[id].clone(),
+        session_gauge: global.sessions[id].clone(),
     };
     {
         let node = node.clone();

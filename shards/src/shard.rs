@@ -26,6 +26,8 @@ pub struct ShardOptions {
     pub auto_create: bool,
     /// Number of topics on this shard, kept current for readiness and metrics.
     pub topic_gauge: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Number of watch sessions on this shard, for the resource cap.
+    pub session_gauge: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub fn now_ms() -> u64 {
@@ -183,6 +185,8 @@ impl Shard {
         );
         opts.topic_gauge
             .store(topics.len(), std::sync::atomic::Ordering::Relaxed);
+        opts.session_gauge
+            .store(sessions.len(), std::sync::atomic::Ordering::Relaxed);
         let shard = Rc::new(Shard {
             opts,
             topics: RefCell::new(topics),

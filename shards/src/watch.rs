@@ -126,6 +126,7 @@ impl Shard {
         let op = Op::WatchPut { topic: wid, spec };
         let lsn = self.log(&op, true);
         apply_watch(&mut self.sessions.borrow_mut(), op, now_ms());
+        self.update_session_gauge();
         self.durable(lsn).await?;
         Ok(Reply::WatchOk)
     }
@@ -222,6 +223,7 @@ impl Shard {
                     shard.log(&op, false);
                     apply_watch(&mut shard.sessions.borrow_mut(), op, now);
                 }
+                shard.update_session_gauge();
             }
         })
         .detach();
@@ -229,6 +231,12 @@ impl Shard {
 
     pub fn session_count(&self) -> usize {
         self.sessions.borrow().len()
+    }
+
+    fn update_session_gauge(&self) {
+        self.opts
+            .session_gauge
+            .store(self.session_count(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -24,6 +24,7 @@ fn opts(dir: &Path, file_size: u64) -> ShardOptions {
         wal_file_size: file_size,
         auto_create: true,
         topic_gauge: Default::default(),
+        session_gauge: Default::default(),
     }
 }
 

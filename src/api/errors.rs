@@ -55,6 +55,20 @@ impl ApiError {
         .header("retry-after", "1".into())
     }
 
+    /// A resource cap of SPEC §1: `429 throttled` with `detail.limit` and `detail.max`.
+    pub fn resource_cap(limit: &'static str, max: usize) -> Self {
+        Self::new(
+            429,
+            "throttled",
+            format!(
+                "the server holds its maximum of {max} {}",
+                limit.replace('_', " ")
+            ),
+        )
+        .detail(json!({ "limit": limit, "max": max }))
+        .header("retry-after", "1".into())
+    }
+
     pub fn shutting_down() -> Self {
         Self::new(503, "shutting_down", "the server is shutting down")
             .header("retry-after", "1".into())

@@ -23,6 +23,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const MAX_TOPICS: usize = 256;
@@ -168,6 +169,14 @@ pub async fn create(api: &Api, req: &Request, start: Instant) -> ApiResult {
         include_data: body.include_data.unwrap_or(true),
         strong,
     };
+    let g = &api.node.global;
+    let sessions: usize = g.sessions.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+    if g.max_watch_sessions > 0 && sessions >= g.max_watch_sessions {
+        return Err(ApiError::resource_cap(
+            "watch_sessions",
+            g.max_watch_sessions,
+        ));
+    }
     let wid = new_wid()?;
     let owner = shard_for(&wid, api.node.shards());
     match api
@@ -234,6 +243,15 @@ pub async fn open(api: &Api, wid: String, req: &Request) -> ApiResult {
             Some(parse_event_id(&id).ok_or_else(|| ApiError::invalid("malformed Last-Event-ID"))?)
         }
     };
+    let g = &api.node.global;
+    if g.max_sse_connections > 0
+        && g.sse_connections.load(Ordering::Relaxed) >= g.max_sse_connections
+    {
+        return Err(ApiError::resource_cap(
+            "sse_connections",
+            g.max_sse_connections,
+        ));
+    }
     let owner = shard_for(&wid, api.node.shards());
     let spec = match api
         .node
@@ -350,7 +368,11 @@ impl Stream {
     async fn run(mut self, mut sink: SseSink) {
         let streams = &self.node.streams;
         streams.set(streams.get() + 1);
+        let open = &self.node.global.sse_connections;
+        open.fetch_add(1, Ordering::Relaxed);
         self.serve(&mut sink).await;
+        let open = &self.node.global.sse_connections;
+        open.fetch_sub(1, Ordering::Relaxed);
         let streams = &self.node.streams;
         streams.set(streams.get().saturating_sub(1));
     }
