@@ -77,10 +77,7 @@ fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
             mark,
         } => {
             if let Some(t) = topics.get_mut(&topic) {
-                t.apply_append(first_seq, ts, idem_key.as_deref(), records);
-                if let Some((r, s)) = mark {
-                    t.router_marks.insert(r.into(), s);
-                }
+                t.apply_marked_append(first_seq, ts, idem_key.as_deref(), records, mark);
             }
         }
         Op::Skipped {
@@ -569,10 +566,7 @@ impl Shard {
                     idem_key: idempotency_key.clone(),
                 };
                 let lsn = self.log(&op, false);
-                t.apply_append(first_seq, ts, idempotency_key.as_deref(), records);
-                if let Some((r, s)) = mark {
-                    t.router_marks.insert(r.into(), s);
-                }
+                t.apply_marked_append(first_seq, ts, idempotency_key.as_deref(), records, mark);
                 lsn
             } else {
                 let op = Op::Append {
@@ -591,10 +585,7 @@ impl Shard {
                     ..
                 } = op
                 {
-                    t.apply_append(first_seq, ts, idem_key.as_deref(), records);
-                    if let Some((r, s)) = mark {
-                        t.router_marks.insert(r.into(), s);
-                    }
+                    t.apply_marked_append(first_seq, ts, idem_key.as_deref(), records, mark);
                 }
                 lsn
             };

@@ -275,6 +275,22 @@ impl Topic {
         self.enforce_caps();
     }
 
+    /// Applies an append and, for an exactly-once router's copy, its mark (the last source
+    /// seq it has landed here), committed together like the WAL frame that carries both.
+    pub fn apply_marked_append(
+        &mut self,
+        first_seq: u64,
+        ts: u64,
+        idem_key: Option<&str>,
+        records: Vec<NewRecord>,
+        mark: Option<(String, u64)>,
+    ) {
+        self.apply_append(first_seq, ts, idem_key, records);
+        if let Some((router, src_seq)) = mark {
+            self.router_marks.insert(router.into(), src_seq);
+        }
+    }
+
     /// Applies an append of `n` records that are not kept (an `ephemeral` topic's records, as
     /// seen by replay): only the head, timestamps and idempotency key move.
     pub fn apply_skipped(&mut self, first_seq: u64, n: u64, ts: u64, idem_key: Option<&str>) {
