@@ -38,6 +38,16 @@ pub struct Config {
     #[arg(long, env = "TOPICS_AUTO_CREATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_create: bool,
 
+    /// Memory for record payloads per core (the hot tail); older records are served from
+    /// segment files on disk.
+    #[arg(long, env = "TOPICS_HOT_TAIL_BYTES", default_value_t = 64 << 20)]
+    pub hot_tail_bytes: u64,
+
+    /// Longest time between checkpoints (segments + snapshot) while anything changed; a
+    /// checkpoint also starts when the WAL or the unflushed tail grows past its budget.
+    #[arg(long, env = "TOPICS_CHECKPOINT_INTERVAL_MS", default_value_t = 30_000)]
+    pub checkpoint_interval_ms: u64,
+
     /// Most watch sessions at once (0 = unlimited); past it `POST /v0/watch` gets 429.
     #[arg(long, env = "TOPICS_MAX_WATCH_SESSIONS", default_value_t = 10_000)]
     pub max_watch_sessions: usize,

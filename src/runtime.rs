@@ -353,6 +353,8 @@ async fn executor_main(
         sync_interval: Duration::from_millis(cfg.sync_interval_ms),
         wal_file_size: shards::wal::FILE_SIZE,
         auto_create: cfg.auto_create,
+        hot_tail_bytes: cfg.hot_tail_bytes,
+        checkpoint_interval: Duration::from_millis(cfg.checkpoint_interval_ms),
         topic_gauge: global.topics[id].clone(),
         session_gauge: global.sessions[id].clone(),
     };

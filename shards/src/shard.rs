@@ -24,6 +24,10 @@ pub struct ShardOptions {
     /// Size of each preallocated WAL file (`wal::FILE_SIZE` in production).
     pub wal_file_size: u64,
     pub auto_create: bool,
+    /// Memory for record payloads (the hot tail) of this shard.
+    pub hot_tail_bytes: u64,
+    /// Longest time between checkpoints while anything changed.
+    pub checkpoint_interval: Duration,
     /// Number of topics on this shard, kept current for readiness and metrics.
     pub topic_gauge: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Number of watch sessions on this shard, for the resource cap.

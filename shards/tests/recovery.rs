@@ -23,6 +23,8 @@ fn opts(dir: &Path, file_size: u64) -> ShardOptions {
         sync_interval: Duration::from_millis(2),
         wal_file_size: file_size,
         auto_create: true,
+        hot_tail_bytes: 64 << 20,
+        checkpoint_interval: Duration::from_secs(30),
         topic_gauge: Default::default(),
         session_gauge: Default::default(),
     }
