@@ -7,6 +7,8 @@
 //! topics-load --workload watch-idle --watchers 10000 --server-pid 1234 --duration-secs 5 --cpu 1
 //! topics-load --workload router --cpu 1
 //! topics-load --workload topics --topics 100000 --server-pid 1234 --cpu 1
+//! topics-load --workload fill --topics 1000 --records 20000000 --batch 500 --connections 32
+//! topics-load --workload diff-range --topics 1000 --limit 1000 --connections 8
 //! ```
 
 mod client;
@@ -65,14 +67,19 @@ pub struct Args {
     /// router are 1; fanout and watch-idle: streams opened concurrently, 32].
     #[arg(long)]
     pub connections: Option<usize>,
-    /// Number of topics the `append` and `topics` workloads spread their writes over
-    /// [default: append 100, topics 100000].
+    /// Number of topics the `append`, `topics` and `fill` workloads spread their writes over,
+    /// and that `diff-range` reads [default: append 100, topics 100000, fill and diff-range
+    /// 1000].
     #[arg(long)]
     pub topics: Option<usize>,
+    /// Records the `fill` workload writes in all, spread evenly over `--topics` [default:
+    /// 1000 per topic].
+    #[arg(long)]
+    pub records: Option<u64>,
     /// Commit class of the written topics [default: disk; ack-latency: both].
     #[arg(long, value_enum)]
     pub durability: Option<Durability>,
-    /// Records per request (append-batch).
+    /// Records per request (append-batch, fill).
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Size of each record's `data` JSON, in bytes.
@@ -84,6 +91,10 @@ pub struct Args {
     /// Diff page sizes to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 256, 1000])]
     pub limit: Vec<u32>,
+    /// Records per topic that `diff-range` reads at each end: seqs 1..=N (the oldest) and the
+    /// last N (the head); at most half of the shortest topic.
+    #[arg(long, default_value_t = 5000)]
+    pub span: u64,
     /// Watch streams [default: fanout 1000, watch-idle 10000].
     #[arg(long)]
     pub watchers: Option<usize>,
@@ -93,7 +104,7 @@ pub struct Args {
     /// Topics the watch-idle streams are spread over (each stream follows one).
     #[arg(long, default_value_t = 4)]
     pub watch_topics: usize,
-    /// Server process whose RSS watch-idle and topics report [default: the process listening on the
+    /// Server process whose RSS watch-idle, topics and fill report [default: the process listening on the
     /// URL's port, found through /proc].
     #[arg(long)]
     pub server_pid: Option<u32>,

@@ -140,6 +140,12 @@ fn human_line(workload: &str, run: &Run) -> String {
         "rss_per_topic_created_bytes",
         "rss_per_topic_bytes",
         "records_retained",
+        "records_written",
+        "lost_records",
+        "payload_mib_per_s",
+        "rss_peak_mib",
+        "verified",
+        "oldest_over_head",
         "first_error",
     ] {
         if let Some(v) = f.get(key) {

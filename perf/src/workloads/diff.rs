@@ -61,7 +61,8 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
     Ok(Report::new("diff", &args.url, p, runs))
 }
 
-async fn head_seq(client: &mut Client, target: &Target, topic: &str) -> Result<u64, String> {
+/// A topic's `head_seq` (`GET ?touch=false`).
+pub async fn head_seq(client: &mut Client, target: &Target, topic: &str) -> Result<u64, String> {
     let path = format!("{}?touch=false", topic_path(topic));
     let status = client
         .send(&target.request("GET", &path, None))

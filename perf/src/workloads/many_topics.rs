@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{append_body, params, topic_path};
+use super::{append_body, params, topic_path, Names};
 use crate::client::{json_number, Client, Target};
 use crate::exec::Window;
 use crate::procfs;
@@ -157,28 +157,6 @@ impl Mem {
 
     fn file_mib(&self) -> Option<f64> {
         self.file.map(|k| round(k as f64 / 1024.0, 1))
-    }
-}
-
-/// Topic names `{prefix}-t000000`, ...: all of one length, so that one serialized request
-/// serves every topic with its digits overwritten in place.
-struct Names {
-    prefix: String,
-    width: usize,
-    count: usize,
-}
-
-impl Names {
-    fn new(prefix: &str, count: usize) -> Names {
-        Names {
-            prefix: prefix.to_string(),
-            width: (count - 1).to_string().len().max(6),
-            count,
-        }
-    }
-
-    fn name(&self, i: usize) -> String {
-        format!("{}-t{i:0w$}", self.prefix, w = self.width)
     }
 }
 

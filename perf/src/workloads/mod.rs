@@ -7,7 +7,9 @@ pub mod ack_latency;
 pub mod append;
 pub mod append_batch;
 pub mod diff;
+pub mod diff_range;
 pub mod fanout;
+pub mod fill;
 pub mod many_topics;
 pub mod router;
 pub mod watch_idle;
@@ -43,6 +45,11 @@ pub enum Workload {
     Router,
     /// Single-record appends round-robin over many lazily created topics: the server's RSS.
     Topics,
+    /// A fixed number of records in batches over many `disk` topics, as fast as it goes: the
+    /// storage measurements' fill (issue 4).
+    Fill,
+    /// Paged diffs over the oldest and the newest records of the topics `fill` wrote.
+    DiffRange,
 }
 
 impl Workload {
@@ -56,6 +63,8 @@ impl Workload {
             Workload::WatchIdle => "watch-idle",
             Workload::Router => "router",
             Workload::Topics => "topics",
+            Workload::Fill => "fill",
+            Workload::DiffRange => "diff-range",
         }
     }
 }
@@ -70,6 +79,8 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
         Workload::WatchIdle => watch_idle::run(args, target),
         Workload::Router => router::run(args, target),
         Workload::Topics => many_topics::run(args, target),
+        Workload::Fill => fill::run(args, target),
+        Workload::DiffRange => diff_range::run(args, target),
     }
 }
 
@@ -103,6 +114,28 @@ pub fn append_body(count: usize, record_bytes: usize, first_id: u64) -> Vec<u8> 
     }
     body.push_str("]}");
     body.into_bytes()
+}
+
+/// Topic names `{prefix}-t000000`, ...: all of one length, so that one serialized request
+/// serves every topic with its digits overwritten in place.
+pub struct Names {
+    prefix: String,
+    pub width: usize,
+    pub count: usize,
+}
+
+impl Names {
+    pub fn new(prefix: &str, count: usize) -> Names {
+        Names {
+            prefix: prefix.to_string(),
+            width: count.saturating_sub(1).to_string().len().max(6),
+            count,
+        }
+    }
+
+    pub fn name(&self, i: usize) -> String {
+        format!("{}-t{i:0w$}", self.prefix, w = self.width)
+    }
 }
 
 /// The parameters every report carries.
