@@ -2,13 +2,16 @@
 //! into [`mesh::Command`]s, a [`shard::Shard`] executes them against its topics and its
 //! write-ahead log, and answers with a [`mesh::Reply`].
 
+pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod event;
 pub mod mesh;
 pub mod ops;
 pub mod router;
+pub mod segment;
 pub mod shard;
+pub mod snapshot;
 pub mod topic;
 pub mod wal;
 pub mod watch;

@@ -17,6 +17,7 @@ pub const K_DELETE: u8 = 13;
 pub const K_DROP: u8 = 14;
 pub const K_SKIPPED: u8 = 15;
 pub const K_SETTLE: u8 = 16;
+pub const K_DELETE_SEQS: u8 = 17;
 pub const K_ROUTER_PUT: u8 = 20;
 pub const K_ROUTER_CURSOR: u8 = 21;
 pub const K_ROUTER_DEL: u8 = 22;
@@ -58,6 +59,11 @@ pub enum Op {
         before_seq: Option<u64>,
         matcher: Option<TagMatch>,
         upto_seq: u64,
+    },
+    /// A delete resolved to the records it removes: (seq, payload size), in seq order.
+    DeleteSeqs {
+        topic: String,
+        victims: Vec<(u64, u64)>,
     },
     Drop {
         topic: String,
@@ -124,6 +130,7 @@ impl Op {
             Op::Skipped { .. } => K_SKIPPED,
             Op::Reserve { .. } => K_RESERVE,
             Op::Delete { .. } => K_DELETE,
+            Op::DeleteSeqs { .. } => K_DELETE_SEQS,
             Op::Drop { .. } => K_DROP,
             Op::Settle { .. } => K_SETTLE,
             Op::RouterPut { .. } => K_ROUTER_PUT,
@@ -142,6 +149,7 @@ impl Op {
             | Op::Skipped { topic, .. }
             | Op::Reserve { topic, .. }
             | Op::Delete { topic, .. }
+            | Op::DeleteSeqs { topic, .. }
             | Op::Drop { topic }
             | Op::Settle { topic, .. }
             | Op::RouterPut { topic, .. }
@@ -212,6 +220,12 @@ impl Op {
             }
             Op::Settle { head, .. } => {
                 e.u64(*head);
+            }
+            Op::DeleteSeqs { victims, .. } => {
+                e.u32(victims.len() as u32);
+                for (s, n) in victims {
+                    e.u64(*s).u64(*n);
+                }
             }
             Op::RouterPut {
                 config,
@@ -310,6 +324,14 @@ impl Op {
                     upto_seq: d.u64()?,
                 }
             }
+            K_DELETE_SEQS => {
+                let n = d.u32()? as usize;
+                let mut victims = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    victims.push((d.u64()?, d.u64()?));
+                }
+                Op::DeleteSeqs { topic, victims }
+            }
             K_DROP => Op::Drop { topic },
             K_SETTLE => Op::Settle {
                 topic,
@@ -402,6 +424,21 @@ mod tests {
                 assert_eq!(idem_key.as_deref(), Some("k"));
                 assert_eq!(&*records[0].data, b"{ \"a\" : 1 }");
                 assert_eq!(records[0].node.as_deref(), Some("n"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn delete_seqs_round_trip() {
+        let op = Op::DeleteSeqs {
+            topic: "t".into(),
+            victims: vec![(3, 10), (9, 0)],
+        };
+        match round_trip(op) {
+            Op::DeleteSeqs { topic, victims } => {
+                assert_eq!(topic, "t");
+                assert_eq!(victims, vec![(3, 10), (9, 0)]);
             }
             other => panic!("{other:?}"),
         }

@@ -10,7 +10,7 @@
 use crate::mesh::*;
 use crate::ops::Op;
 use crate::shard::Shard;
-use crate::topic::NewRecord;
+use crate::topic::{NewRecord, ReadState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
@@ -307,18 +307,38 @@ impl Shard {
         glommio::spawn_local(async move { shard.forward(name, generation).await }).detach();
     }
 
-    fn next_step(&self, name: &str, generation: u64, batch: usize) -> Step {
+    async fn next_step(&self, name: &str, generation: u64, batch: usize) -> Step {
+        let (source, cursor, created, changed) = {
+            let routers = self.routers.borrow();
+            let Some(r) = routers.get(name).filter(|r| r.generation == generation) else {
+                return Step::Gone;
+            };
+            let topics = self.topics.borrow();
+            let Some(t) = topics.get(&r.config.source) else {
+                return Step::Gone;
+            };
+            (
+                r.config.source.clone(),
+                r.cursor,
+                t.created_lsn,
+                t.changed.clone(),
+            )
+        };
+        let mut st = ReadState::new(cursor, batch, u64::MAX);
+        if let Err(e) = self.read_records(&source, created, &mut st, &[]).await {
+            log::warn!("router {name:?}: reading {source:?}: {e:?}");
+            return Step::Wait(changed);
+        }
+        let read = st.finish();
+        if read.next_from_seq <= cursor {
+            return Step::Wait(changed);
+        }
         let routers = self.routers.borrow();
         let Some(r) = routers.get(name).filter(|r| r.generation == generation) else {
             return Step::Gone;
         };
-        let topics = self.topics.borrow();
-        let Some(t) = topics.get(&r.config.source) else {
-            return Step::Gone;
-        };
-        let read = t.read(r.cursor, batch, &[]);
-        if read.next_from_seq <= r.cursor {
-            return Step::Wait(t.changed.clone());
+        if r.cursor != cursor {
+            return Step::Advance(r.cursor);
         }
         let c = &r.config;
         let mut records = Vec::with_capacity(read.records.len());
@@ -375,7 +395,7 @@ impl Shard {
         // have room for fewer records than a batch), grows back after successes.
         let mut batch = BATCH;
         loop {
-            match self.next_step(&name, generation, batch) {
+            match self.next_step(&name, generation, batch).await {
                 Step::Gone => return,
                 Step::Wait(ev) => {
                     // Re-check now and then: a deleted router has nobody to wake it.

@@ -7,7 +7,8 @@ use crate::config::{Durability, TopicConfig};
 use crate::mesh::*;
 use crate::ops::Op;
 use crate::router::{apply_router, RouterState};
-use crate::topic::{LossReason, Topic};
+use crate::segment::Store;
+use crate::topic::{LossReason, ReadState, Topic};
 use crate::wal::{self, ReplayProgress, Wal, WalError};
 use crate::watch::{apply_watch, Session};
 use std::cell::{Cell, RefCell};
@@ -55,12 +56,22 @@ pub struct Shard {
     remote: RefCell<Option<Rc<dyn Remote>>>,
     generation: Cell<u64>,
     pub wal: Rc<Wal>,
+    pub(crate) store: Rc<Store>,
+    pub(crate) ckpt: crate::checkpoint::CheckpointState,
     scratch: RefCell<Vec<u8>>,
     ready: Cell<bool>,
-    closed: Cell<bool>,
+    pub(crate) closed: Cell<bool>,
 }
 
-fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
+/// Applies a logged operation (live, right after logging it, and at replay). `lsn` is the
+/// operation's WAL position.
+pub(crate) fn apply(
+    topics: &mut BTreeMap<String, Topic>,
+    store: &Rc<Store>,
+    op: Op,
+    now: u64,
+    lsn: u64,
+) {
     match op {
         Op::Config { topic, config } => match topics.get_mut(&topic) {
             Some(t) => {
@@ -69,7 +80,7 @@ fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
                 t.expire(now);
             }
             None => {
-                topics.insert(topic, Topic::new(config, now));
+                topics.insert(topic, Topic::new(config, now, store.clone(), lsn));
             }
         },
         Op::Append {
@@ -111,6 +122,11 @@ fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
                 t.delete_records(before_seq, matcher.as_ref(), upto_seq);
             }
         }
+        Op::DeleteSeqs { topic, victims } => {
+            if let Some(t) = topics.get_mut(&topic) {
+                t.delete_seqs(&victims);
+            }
+        }
         Op::Settle { topic, head } => {
             if let Some(t) = topics.get_mut(&topic) {
                 if t.head_seq == head {
@@ -133,33 +149,99 @@ fn apply(topics: &mut BTreeMap<String, Topic>, op: Op, now: u64) {
 }
 
 impl Shard {
-    /// Replays this shard's WAL and opens it for writing.
+    /// Loads the newest snapshot, replays the WAL after it, and opens the log for writing.
     pub async fn open(
         opts: ShardOptions,
         progress: &ReplayProgress,
     ) -> Result<Rc<Shard>, WalError> {
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|e| WalError(format!("create {}: {e}", opts.dir.display())))?;
+        crate::segment::probe_dma(&opts.dir).await;
+        let store = Store::new(&opts.dir);
         let mut topics = BTreeMap::new();
         let mut routers = BTreeMap::new();
         let mut sessions = BTreeMap::new();
         let now = now_ms();
+        let snap = crate::snapshot::load(&opts.dir);
+        let (fill_lsn, state_lsn, next_seg) = match &snap {
+            Some(s) => {
+                progress
+                    .total_bytes
+                    .fetch_add(s.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let n = crate::checkpoint::load_entries(
+                    s,
+                    &store,
+                    now,
+                    &mut topics,
+                    &mut routers,
+                    &mut sessions,
+                )?;
+                progress
+                    .done_bytes
+                    .fetch_add(s.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                log::info!(
+                    "shard {}: snapshot {} ({n} entries)",
+                    opts.id,
+                    s.path.display()
+                );
+                (s.fill_lsn, s.state_lsn, s.next_seg)
+            }
+            None => (0, 0, 1),
+        };
+        drop(snap);
         let mut undecodable = 0u64;
-        let wal = wal::open(
+        let (wal, first_lsn) = wal::open(
             &opts.dir,
             opts.wal_file_size,
             opts.sync_interval,
             progress,
-            |kind, body| match Op::decode(kind, body) {
-                Some(
-                    op @ (Op::RouterPut { .. } | Op::RouterCursor { .. } | Op::RouterDel { .. }),
-                ) => apply_router(&mut routers, op, 0),
-                Some(op @ (Op::WatchPut { .. } | Op::WatchCursor { .. } | Op::WatchDel { .. })) => {
-                    apply_watch(&mut sessions, op, now)
+            |kind, lsn, body| {
+                if lsn <= fill_lsn {
+                    return;
                 }
-                Some(op) => apply(&mut topics, op, now),
-                None => undecodable += 1,
+                let Some(op) = Op::decode(kind, body) else {
+                    undecodable += 1;
+                    return;
+                };
+                if lsn <= state_lsn {
+                    // Before the snapshot's state: only give back records not yet in segments.
+                    if let Op::Append {
+                        topic,
+                        first_seq,
+                        ts,
+                        records,
+                        ..
+                    } = op
+                    {
+                        if let Some(t) = topics.get_mut(&topic) {
+                            if lsn > t.created_lsn {
+                                t.apply_fill(first_seq, ts, records);
+                            }
+                        }
+                    }
+                    return;
+                }
+                match op {
+                    op
+                    @ (Op::RouterPut { .. } | Op::RouterCursor { .. } | Op::RouterDel { .. }) => {
+                        apply_router(&mut routers, op, 0)
+                    }
+                    op @ (Op::WatchPut { .. } | Op::WatchCursor { .. } | Op::WatchDel { .. }) => {
+                        apply_watch(&mut sessions, op, now)
+                    }
+                    op => apply(&mut topics, &store, op, now, lsn),
+                }
             },
         )
         .await?;
+        if state_lsn > 0 && first_lsn.is_some_and(|f| f > fill_lsn + 1) {
+            return Err(WalError(format!(
+                "shard {}: the WAL starts at frame {} but the snapshot needs it from frame {}",
+                opts.id,
+                first_lsn.unwrap_or(0),
+                fill_lsn + 1
+            )));
+        }
         if undecodable > 0 {
             log::error!(
                 "shard {}: {undecodable} WAL frames had a valid checksum but could not be decoded",
@@ -167,6 +249,7 @@ impl Shard {
             );
         }
         for t in topics.values_mut() {
+            t.fill_holes = None;
             let durability = t.config.durability;
             if durability != Durability::Fsync && t.reserved_seq > t.head_seq {
                 // Seqs up to the reservation may have been acknowledged by the previous run.
@@ -174,6 +257,9 @@ impl Shard {
             }
             t.visible_seq = t.head_seq;
             if durability == Durability::Ephemeral {
+                // An ephemeral topic's records never reach the disk.
+                t.count = 0;
+                t.bytes = 0;
                 t.lose_through_head(LossReason::Restart);
             }
             t.expire(now);
@@ -196,13 +282,17 @@ impl Shard {
             router_lock: glommio::sync::Semaphore::new(1),
             remote: RefCell::new(None),
             generation: Cell::new(1),
+            ckpt: crate::checkpoint::CheckpointState::new(next_seg, state_lsn),
             wal,
+            store,
             scratch: RefCell::new(Vec::with_capacity(64 << 10)),
             ready: Cell::new(true),
             closed: Cell::new(false),
         });
+        shard.remove_orphan_segments();
         shard.start_sweeper();
         shard.start_session_reaper();
+        shard.start_checkpointer();
         Ok(shard)
     }
 
@@ -265,8 +355,8 @@ impl Shard {
             topic: topic.to_string(),
             config: TopicConfig::defaults(self.opts.auto_create),
         };
-        self.log(&op, true);
-        apply(&mut topics, op, now_ms());
+        let lsn = self.log(&op, true);
+        apply(&mut topics, &self.store, op, now_ms(), lsn);
         self.update_gauge(&topics);
         0
     }
@@ -324,7 +414,12 @@ impl Shard {
                 t.changed.notify_all();
             }
         }
-        self.durable(last).await
+        self.durable(last).await?;
+        // A final checkpoint, so the next start replays (almost) nothing.
+        if let Err(e) = self.checkpoint().await {
+            log::error!("shard {}: final checkpoint: {e}", self.opts.id);
+        }
+        Ok(())
     }
 
     pub async fn execute(self: &Rc<Self>, cmd: Command) -> Reply {
@@ -397,7 +492,7 @@ impl Shard {
                 config: config.clone(),
             };
             let lsn = self.log(&op, true);
-            apply(&mut topics, op, now_ms());
+            apply(&mut topics, &self.store, op, now_ms(), lsn);
             self.update_gauge(&topics);
             (created, config, lsn)
         };
@@ -434,7 +529,7 @@ impl Shard {
     }
 
     fn list_topics(&self, prefix: &str, after: Option<&str>, limit: usize) -> Reply {
-        let topics = self.topics.borrow();
+        let mut topics = self.topics.borrow_mut();
         // Expiry is applied lazily by topic reads and by the sweeper; the list shows the
         // state as of the last sweep (at most a second old).
         let start = match after {
@@ -442,7 +537,7 @@ impl Shard {
             _ => Bound::Included(prefix.to_owned()),
         };
         let out = topics
-            .range((start, Bound::Unbounded))
+            .range_mut((start, Bound::Unbounded))
             .take_while(|(name, _)| name.starts_with(prefix))
             .take(limit)
             .map(|(name, t)| TopicSummary {
@@ -472,7 +567,7 @@ impl Shard {
                 topic: topic.clone(),
             };
             let lsn = self.log(&op, true);
-            apply(&mut topics, op, now_ms());
+            apply(&mut topics, &self.store, op, now_ms(), lsn);
             self.update_gauge(&topics);
             lsn
         };
@@ -506,8 +601,8 @@ impl Shard {
                     topic: topic.clone(),
                     config,
                 };
-                self.log(&op, false);
-                apply(&mut topics, op, now);
+                let lsn = self.log(&op, false);
+                apply(&mut topics, &self.store, op, now, lsn);
                 self.update_gauge(&topics);
                 created = true;
             }
@@ -593,6 +688,12 @@ impl Shard {
                 }
                 lsn
             };
+            if durability != Durability::Ephemeral {
+                self.ckpt.note_append(
+                    bytes + n * crate::topic::SLOT_OVERHEAD,
+                    self.opts.hot_tail_bytes,
+                );
+            }
             let wait_lsn = if durability == Durability::Fsync {
                 Some(wait_lsn)
             } else {
@@ -629,6 +730,9 @@ impl Shard {
         if durability != Durability::Fsync {
             changed.notify_all();
         }
+        // Records arrive faster than checkpoints move them to segments: hold the reply
+        // until memory is back within bounds.
+        self.ckpt.backpressure(self.opts.hot_tail_bytes).await;
         let mut reply = reply;
         reply.timings.wal_append_ms = ms(t0.elapsed());
         if let Some(lsn) = wait_lsn {
@@ -650,10 +754,50 @@ impl Shard {
         Ok(Reply::Appended(reply))
     }
 
+    /// Reads a topic's records into `st` from its hot tail and its segments. `created`
+    /// names the topic instance; a read of an instance since dropped fails with not found.
+    pub(crate) async fn read_records(
+        &self,
+        topic: &str,
+        created: u64,
+        st: &mut ReadState,
+        nodes: &[String],
+    ) -> Result<(), ShardError> {
+        loop {
+            let fetch = {
+                let topics = self.topics.borrow();
+                let t = topics
+                    .get(topic)
+                    .filter(|t| t.created_lsn == created)
+                    .ok_or(ShardError::TopicNotFound)?;
+                match t.read_step(st, nodes) {
+                    None => return Ok(()),
+                    Some(f) => f,
+                }
+            };
+            let mut fetched = Vec::with_capacity(fetch.len());
+            for b in fetch {
+                let recs = self
+                    .store
+                    .read_block(&b)
+                    .await
+                    .map_err(ShardError::Storage)?;
+                fetched.push((b, recs));
+            }
+            let topics = self.topics.borrow();
+            let t = topics
+                .get(topic)
+                .filter(|t| t.created_lsn == created)
+                .ok_or(ShardError::TopicNotFound)?;
+            // False when compaction replaced a block meanwhile: plan again.
+            let _ = t.absorb(st, fetched, nodes);
+        }
+    }
+
     async fn diff(&self, cmd: DiffCmd) -> Result<Reply, ShardError> {
         let deadline = Instant::now() + Duration::from_millis(cmd.wait_ms);
         loop {
-            let (changed, durable_wait) = {
+            let (mut st, created, head, earliest, tombstone, dedupe_node) = {
                 let mut topics = self.topics.borrow_mut();
                 let t = topics
                     .get_mut(&cmd.topic)
@@ -662,10 +806,10 @@ impl Shard {
                 t.expire(now);
                 t.last_read_ts = now;
                 let visible = t.visible_seq;
-                let (head, durable_wait) = if cmd.durable_only {
-                    t.durable_seq(self.wal.durable_lsn())
+                let head = if cmd.durable_only {
+                    t.durable_seq(self.wal.durable_lsn()).0
                 } else {
-                    (visible, None)
+                    visible
                 };
                 let earliest = t.earliest_seq().min(visible + 1);
                 let (from, tombstone) = if cmd.from_seq > visible {
@@ -690,29 +834,42 @@ impl Shard {
                 } else {
                     (cmd.from_seq, None)
                 };
-                let nodes: &[String] = if t.config.dedupe_node {
-                    &cmd.nodes
+                let st = ReadState::new(from, cmd.limit, head);
+                let dedupe = t.config.dedupe_node;
+                (st, t.created_lsn, head, earliest, tombstone, dedupe)
+            };
+            let nodes: &[String] = if dedupe_node { &cmd.nodes } else { &[] };
+            self.read_records(&cmd.topic, created, &mut st, nodes)
+                .await?;
+            let caught_up = st.next >= head;
+            if !st.out.is_empty() || tombstone.is_some() || !caught_up || Instant::now() >= deadline
+            {
+                let r = st.finish();
+                return Ok(Reply::Diff(DiffReply {
+                    records: r.records,
+                    next_from_seq: r.next_from_seq,
+                    head_seq: head,
+                    earliest_seq: earliest,
+                    tombstone,
+                    scanned: r.scanned,
+                    dedupe_node,
+                }));
+            }
+            let (changed, durable_wait) = {
+                let mut topics = self.topics.borrow_mut();
+                let t = topics
+                    .get_mut(&cmd.topic)
+                    .ok_or(ShardError::TopicNotFound)?;
+                // Anything new since the read? Then read again at once.
+                let now_head = if cmd.durable_only {
+                    t.durable_seq(self.wal.durable_lsn())
                 } else {
-                    &[]
+                    (t.visible_seq, None)
                 };
-                let r = t.read_upto(from, cmd.limit, nodes, head);
-                let caught_up = r.next_from_seq >= head;
-                if !r.records.is_empty()
-                    || tombstone.is_some()
-                    || !caught_up
-                    || Instant::now() >= deadline
-                {
-                    return Ok(Reply::Diff(DiffReply {
-                        records: r.records,
-                        next_from_seq: r.next_from_seq,
-                        head_seq: head,
-                        earliest_seq: earliest,
-                        tombstone,
-                        scanned: r.scanned,
-                        dedupe_node: t.config.dedupe_node,
-                    }));
+                if now_head.0 != head || t.created_lsn != created {
+                    continue;
                 }
-                (t.changed.clone(), durable_wait)
+                (t.changed.clone(), now_head.1)
             };
             let listener = changed.listen();
             let timeout = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
@@ -738,19 +895,83 @@ impl Shard {
         matcher: Option<crate::topic::TagMatch>,
     ) -> Result<Reply, ShardError> {
         let t0 = Instant::now();
+        // A tag delete first finds its victims among the records in segments (reading their
+        // blocks), then logs them by seq; a `before_seq` delete is logged as such.
+        let mut resolved = None;
+        if let Some(m) = &matcher {
+            let (created, upto, mem_base, blocks) = {
+                let mut topics = self.topics.borrow_mut();
+                let t = topics.get_mut(&topic).ok_or(ShardError::TopicNotFound)?;
+                t.expire(now_ms());
+                let limit = before_seq
+                    .map(|b| b.saturating_sub(1))
+                    .unwrap_or(u64::MAX)
+                    .min(t.head_seq);
+                let (_, blocks) = t.delete_candidates(m, limit);
+                (t.created_lsn, limit, t.mem_base(), blocks)
+            };
+            let mut victims = Vec::new();
+            for b in &blocks {
+                let recs = self
+                    .store
+                    .read_block(b)
+                    .await
+                    .map_err(ShardError::Storage)?;
+                victims.extend(
+                    recs.iter()
+                        .filter(|r| r.seq <= upto && m.matches(r.tag.as_deref()))
+                        .map(|r| (r.seq, r.size())),
+                );
+            }
+            resolved = Some((created, upto, mem_base, victims));
+        }
         let (mut reply, wait) = {
             let mut topics = self.topics.borrow_mut();
             let t = topics.get_mut(&topic).ok_or(ShardError::TopicNotFound)?;
             t.expire(now_ms());
             self.check_writable()?;
             let durable = t.config.durability == Durability::Fsync;
-            let op = Op::Delete {
-                topic: topic.clone(),
-                before_seq,
-                matcher,
-                upto_seq: t.head_seq,
+            let (op, lsn) = match (resolved, &matcher) {
+                (Some((created, upto, mem_base, mut victims)), Some(m)) => {
+                    if t.created_lsn != created {
+                        return Err(ShardError::TopicNotFound);
+                    }
+                    if t.mem_base() > mem_base {
+                        // A checkpoint moved records out of memory while the blocks were
+                        // read; resolve against the current state instead.
+                        victims.clear();
+                        let op = Op::Delete {
+                            topic: topic.clone(),
+                            before_seq,
+                            matcher: matcher.clone(),
+                            upto_seq: upto,
+                        };
+                        let lsn = self.log(&op, durable);
+                        (op, lsn)
+                    } else {
+                        let (mem, _) = t.delete_candidates(m, upto);
+                        victims.extend(mem);
+                        victims.sort_unstable();
+                        victims.dedup_by_key(|v| v.0);
+                        let op = Op::DeleteSeqs {
+                            topic: topic.clone(),
+                            victims,
+                        };
+                        let lsn = self.log(&op, durable);
+                        (op, lsn)
+                    }
+                }
+                _ => {
+                    let op = Op::Delete {
+                        topic: topic.clone(),
+                        before_seq,
+                        matcher: None,
+                        upto_seq: t.head_seq,
+                    };
+                    let lsn = self.log(&op, durable);
+                    (op, lsn)
+                }
             };
-            let lsn = self.log(&op, durable);
             let deleted = match op {
                 Op::Delete {
                     before_seq,
@@ -758,6 +979,7 @@ impl Shard {
                     upto_seq,
                     ..
                 } => t.delete_records(before_seq, matcher.as_ref(), upto_seq),
+                Op::DeleteSeqs { victims, .. } => t.delete_seqs(&victims),
                 _ => 0,
             };
             let reply = DeleteReply {

@@ -23,6 +23,7 @@
 use crate::event::Event;
 use glommio::io::{DmaFile, OpenOptions};
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,15 +125,16 @@ struct Tail {
     block: Vec<u8>,
 }
 
-/// Replays every valid frame in `dir` in order through `apply(kind, body)`, deletes the files
-/// past the torn tail, and opens the log for writing.
+/// Replays every valid frame in `dir` in order through `apply(kind, lsn, body)`, deletes the
+/// files past the torn tail, and opens the log for writing. Returns the log and the LSN of
+/// the first frame replayed (if any).
 pub async fn open(
     dir: &Path,
     file_size: u64,
     sync_interval: Duration,
     progress: &ReplayProgress,
-    mut apply: impl FnMut(u8, &[u8]),
-) -> Result<Rc<Wal>, WalError> {
+    mut apply: impl FnMut(u8, u64, &[u8]),
+) -> Result<(Rc<Wal>, Option<u64>), WalError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err("create wal dir", e))?;
     let mut files: Vec<(u64, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_err("list wal dir", e))? {
@@ -156,6 +158,8 @@ pub async fn open(
 
     let mut tail: Option<Tail> = None;
     let mut expected_lsn: Option<u64> = None;
+    let mut first_lsn: Option<u64> = None;
+    let mut file_lsns = BTreeMap::new();
     let mut epoch = 0u32;
     let mut ended = false;
     for (i, (idx, path)) in files.iter().enumerate() {
@@ -183,13 +187,15 @@ pub async fn open(
             expected_lsn = Some(head.lsn + 1);
             epoch = head.epoch;
             pos += head.len;
+            first_lsn.get_or_insert(head.lsn);
+            file_lsns.entry(*idx).or_insert(head.lsn);
             match head.kind {
                 KIND_ROTATE => {
                     rotated = true;
                     break;
                 }
                 KIND_EPOCH => {}
-                k => apply(k, body),
+                k => apply(k, head.lsn, body),
             }
         }
         progress
@@ -226,7 +232,9 @@ pub async fn open(
             }
         }
     };
+    file_lsns.entry(tail.file_idx).or_insert(tail.next_lsn);
     let wal = Rc::new(Wal {
+        file_lsns: RefCell::new(file_lsns),
         dir: dir.to_path_buf(),
         default_file_size: file_size,
         sync_interval,
@@ -267,7 +275,7 @@ pub async fn open(
     glommio::spawn_local_into(run_flusher(wal.clone(), flusher), tq)
         .map_err(|e| io_err("start the wal flusher", e))?
         .detach();
-    Ok(wal)
+    Ok((wal, first_lsn))
 }
 
 async fn open_for_write(dir: &Path, idx: u64, size: u64) -> Result<DmaFile, WalError> {
@@ -351,9 +359,12 @@ pub struct WalStats {
     pub flushes: Cell<u64>,
     pub bytes_written: Cell<u64>,
     pub rotations: Cell<u64>,
+    pub bytes_appended: Cell<u64>,
 }
 
 pub struct Wal {
+    /// The first LSN of each WAL file still present (by file index).
+    file_lsns: RefCell<BTreeMap<u64, u64>>,
     dir: PathBuf,
     default_file_size: u64,
     sync_interval: Duration,
@@ -379,6 +390,7 @@ impl Wal {
             }
             st.file_idx += 1;
             st.file_pos = 0;
+            self.file_lsns.borrow_mut().insert(st.file_idx, st.next_lsn);
             st.file_size = self.default_file_size.max(align_up(len));
             self.stats.rotations.set(self.stats.rotations.get() + 1);
         }
@@ -391,6 +403,9 @@ impl Wal {
         st.urgent |= urgent;
         drop(st);
         self.stats.frames.set(self.stats.frames.get() + 1);
+        self.stats
+            .bytes_appended
+            .set(self.stats.bytes_appended.get() + len);
         self.work.notify_all();
         lsn
     }
@@ -426,7 +441,69 @@ impl Wal {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// The LSN of the last frame queued.
+    pub fn last_lsn(&self) -> u64 {
+        self.state.borrow().next_lsn - 1
+    }
+
+    /// Retires the WAL files holding only frames with LSNs `<= lsn` (a snapshot covers them):
+    /// they become spares that later rotations reuse instead of creating and zero-filling a
+    /// new file. Returns how many files were retired.
+    pub fn retire_through(&self, lsn: u64) -> usize {
+        let current = self.state.borrow().file_idx;
+        let mut lsns = self.file_lsns.borrow_mut();
+        let retire: Vec<u64> = lsns
+            .iter()
+            .zip(lsns.iter().skip(1))
+            .filter(|((idx, _), (_, next_first))| **idx < current && **next_first <= lsn + 1)
+            .map(|((idx, _), _)| *idx)
+            .collect();
+        for idx in &retire {
+            lsns.remove(idx);
+            let from = self.dir.join(file_name(*idx));
+            let spares = self.spares();
+            if spares.len() < MAX_SPARES {
+                let to = self.dir.join(format!("spare-{idx:010}.wal"));
+                if let Err(e) = std::fs::rename(&from, &to) {
+                    log::warn!("wal: retire {}: {e}", from.display());
+                }
+            } else if let Err(e) = std::fs::remove_file(&from) {
+                log::warn!("wal: remove {}: {e}", from.display());
+            }
+        }
+        if !retire.is_empty() {
+            crate::segment::sync_dir(&self.dir);
+        }
+        retire.len()
+    }
+
+    /// Retired WAL files ready for reuse.
+    fn spares(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("spare-") && n.ends_with(".wal"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Bytes of WAL frames queued since this shard started (checkpoint trigger).
+    pub fn appended_bytes(&self) -> u64 {
+        self.stats.bytes_appended.get()
+    }
 }
+
+/// Most retired WAL files kept for reuse.
+const MAX_SPARES: usize = 2;
 
 fn current_chunk(st: &mut State) -> &mut Chunk {
     let (idx, size, pos) = (st.file_idx, st.file_size, st.file_pos);
@@ -460,6 +537,13 @@ impl Flusher {
         let idx = self.file_idx + 1;
         let dir = wal.dir.clone();
         let size = wal.default_file_size;
+        // Reuse a retired file: its blocks are allocated and written, so no zero-fill is
+        // needed, and its stale frames carry older LSNs that recovery never accepts.
+        if let Some(spare) = wal.spares().into_iter().next() {
+            if let Err(e) = std::fs::rename(&spare, dir.join(file_name(idx))) {
+                log::warn!("wal: reuse {}: {e}", spare.display());
+            }
+        }
         let task = glommio::spawn_local(async move { open_for_write(&dir, idx, size).await });
         self.next = Some((idx, task.detach()));
     }
