@@ -65,6 +65,17 @@ impl Recorder {
         }
     }
 
+    /// Counts a non-2xx response like [`Recorder::response`]; when it is the first error, keeps
+    /// the start of its body (the server's error code and message) with it.
+    pub fn error_response(&mut self, status: u16, latency: Duration, body: &[u8]) {
+        let first = self.first_error.is_none();
+        self.response(status, latency, 0);
+        if first {
+            let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+            self.first_error = Some(format!("HTTP {status}: {text}"));
+        }
+    }
+
     pub fn io_error(&mut self, e: &io::Error) {
         self.io_errors += 1;
         if self.first_error.is_none() {
@@ -226,5 +237,21 @@ mod tests {
         assert_eq!(s["records_per_s"], json!(11.0));
         assert_eq!(s["non_2xx"]["503"], json!(1));
         assert_eq!(s["server_total_ms_p50"], json!(0.024));
+    }
+
+    #[test]
+    fn keeps_the_body_of_the_first_error() {
+        let mut r = Recorder::new();
+        r.error_response(
+            500,
+            Duration::from_micros(5),
+            br#"{"error":{"code":"internal"}}"#,
+        );
+        r.error_response(503, Duration::from_micros(5), b"later");
+        assert_eq!(r.errors(), 2);
+        assert_eq!(
+            r.first_error.as_deref(),
+            Some(r#"HTTP 500: {"error":{"code":"internal"}}"#)
+        );
     }
 }

@@ -191,15 +191,12 @@ async fn reader(target: Target, sweep: Arc<Sweep>, window: Window) -> Recorder {
         match result {
             Ok(status) if counted => {
                 let body = client.body();
-                let ok = (200..300).contains(&status);
-                let records = if ok {
-                    seq_key.find_iter(body).count() as u64
-                } else {
-                    0
-                };
-                rec.response(status, done - sent, records);
-                if ok {
+                if (200..300).contains(&status) {
+                    let records = seq_key.find_iter(body).count() as u64;
+                    rec.response(status, done - sent, records);
                     rec.server_perf(json_number(body, "server_total_ms"), None);
+                } else {
+                    rec.error_response(status, done - sent, body);
                 }
             }
             Ok(_) => {}

@@ -283,7 +283,7 @@ async fn connection(target: Target, shared: Arc<Shared>, i: usize) -> Recorder {
                     }
                     break;
                 }
-                Ok(status) => rec.response(status, sent.elapsed(), 0),
+                Ok(status) => rec.error_response(status, sent.elapsed(), client.body()),
                 Err(e) => rec.io_error(&e),
             }
             attempts += 1;
