@@ -452,6 +452,12 @@ impl Topic {
 
     /// First live seq; `head_seq + 1` when empty.
     pub fn earliest_seq(&mut self) -> u64 {
+        // A block starts with a record it holds: if that one is live, no need to load it.
+        if let Some(b) = self.blocks.first() {
+            if b.first_seq < self.mem_base && b.live > 0 && !self.seg_gone(b.first_seq) {
+                return b.first_seq;
+            }
+        }
         self.front().map_or(self.head_seq + 1, |(s, _, _)| s)
     }
 
@@ -636,6 +642,10 @@ impl Topic {
         let mut expired = false;
         loop {
             if let Some(b) = self.blocks.first() {
+                // `$ts` never decreases along seqs: nothing older than the block's first.
+                if b.first_seq < self.mem_base && b.first_ts >= cutoff {
+                    break;
+                }
                 if b.last_seq < self.mem_base
                     && b.last_ts < cutoff
                     && b.last_seq <= self.visible_seq
