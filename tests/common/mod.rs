@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod sse;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
