@@ -65,6 +65,10 @@ pub struct Shard {
 
 /// Applies a logged operation (live, right after logging it, and at replay). `lsn` is the
 /// operation's WAL position.
+/// A tag delete resolved ahead of logging: (topic instance, last seq it covers, hot-tail base
+/// when its blocks were listed, (seq, size) of the victims in segments).
+type ResolvedDelete = (u64, u64, u64, Vec<(u64, u64)>);
+
 pub(crate) fn apply(
     topics: &mut BTreeMap<String, Topic>,
     store: &Rc<Store>,
@@ -409,6 +413,8 @@ impl Shard {
                         head: t.head_seq,
                     };
                     last = self.log(&op, true);
+                    // Applied here too: the final snapshot records the settled state.
+                    t.reserved_seq = t.head_seq;
                 }
                 // Wake long-polls so they answer now.
                 t.changed.notify_all();
@@ -777,12 +783,12 @@ impl Shard {
             };
             let mut fetched = Vec::with_capacity(fetch.len());
             for b in fetch {
-                let recs = self
-                    .store
-                    .read_block(&b)
-                    .await
-                    .map_err(ShardError::Storage)?;
-                fetched.push((b, recs));
+                match self.store.read_block(&b).await {
+                    Ok(recs) => fetched.push((b, recs)),
+                    // Compaction replaced the block (and removed its file): plan again.
+                    Err(_) if !self.block_current(topic, created, &b) => break,
+                    Err(e) => return Err(ShardError::Storage(e)),
+                }
             }
             let topics = self.topics.borrow();
             let t = topics
@@ -888,6 +894,61 @@ impl Shard {
         }
     }
 
+    /// Whether `b` is still one of the topic instance's blocks.
+    fn block_current(&self, topic: &str, created: u64, b: &crate::segment::BlockRef) -> bool {
+        self.topics
+            .borrow()
+            .get(topic)
+            .filter(|t| t.created_lsn == created)
+            .is_some_and(|t| {
+                t.blocks
+                    .iter()
+                    .any(|x| x.seg == b.seg && x.offset == b.offset)
+            })
+    }
+
+    /// A tag delete's victims among the records in segments: (topic instance, last seq it
+    /// covers, the hot tail's base when the blocks were listed, victims). `None` when
+    /// checkpoints kept moving the blocks; the caller then resolves synchronously.
+    async fn resolve_tag_delete(
+        &self,
+        topic: &str,
+        before_seq: Option<u64>,
+        m: &crate::topic::TagMatch,
+    ) -> Result<Option<ResolvedDelete>, ShardError> {
+        'attempt: for _ in 0..5 {
+            let (created, upto, mem_base, blocks) = {
+                let mut topics = self.topics.borrow_mut();
+                let t = topics.get_mut(topic).ok_or(ShardError::TopicNotFound)?;
+                t.expire(now_ms());
+                let limit = before_seq
+                    .map(|b| b.saturating_sub(1))
+                    .unwrap_or(u64::MAX)
+                    .min(t.head_seq);
+                let (_, blocks) = t.delete_candidates(m, limit);
+                (t.created_lsn, limit, t.mem_base(), blocks)
+            };
+            let mut victims = Vec::new();
+            for b in &blocks {
+                let recs = match self.store.read_block(b).await {
+                    Ok(r) => r,
+                    Err(_) if !self.block_current(topic, created, b) => continue 'attempt,
+                    Err(e) => return Err(ShardError::Storage(e)),
+                };
+                victims.extend(
+                    recs.iter()
+                        .filter(|r| r.seq <= upto && m.matches(r.tag.as_deref()))
+                        .map(|r| (r.seq, r.size())),
+                );
+            }
+            // Every block listed must still be there: compaction may have moved records.
+            if blocks.iter().all(|b| self.block_current(topic, created, b)) {
+                return Ok(Some((created, upto, mem_base, victims)));
+            }
+        }
+        Ok(None)
+    }
+
     async fn delete_records(
         &self,
         topic: String,
@@ -899,31 +960,7 @@ impl Shard {
         // blocks), then logs them by seq; a `before_seq` delete is logged as such.
         let mut resolved = None;
         if let Some(m) = &matcher {
-            let (created, upto, mem_base, blocks) = {
-                let mut topics = self.topics.borrow_mut();
-                let t = topics.get_mut(&topic).ok_or(ShardError::TopicNotFound)?;
-                t.expire(now_ms());
-                let limit = before_seq
-                    .map(|b| b.saturating_sub(1))
-                    .unwrap_or(u64::MAX)
-                    .min(t.head_seq);
-                let (_, blocks) = t.delete_candidates(m, limit);
-                (t.created_lsn, limit, t.mem_base(), blocks)
-            };
-            let mut victims = Vec::new();
-            for b in &blocks {
-                let recs = self
-                    .store
-                    .read_block(b)
-                    .await
-                    .map_err(ShardError::Storage)?;
-                victims.extend(
-                    recs.iter()
-                        .filter(|r| r.seq <= upto && m.matches(r.tag.as_deref()))
-                        .map(|r| (r.seq, r.size())),
-                );
-            }
-            resolved = Some((created, upto, mem_base, victims));
+            resolved = self.resolve_tag_delete(&topic, before_seq, m).await?;
         }
         let (mut reply, wait) = {
             let mut topics = self.topics.borrow_mut();
@@ -965,7 +1002,7 @@ impl Shard {
                     let op = Op::Delete {
                         topic: topic.clone(),
                         before_seq,
-                        matcher: None,
+                        matcher: matcher.clone(),
                         upto_seq: t.head_seq,
                     };
                     let lsn = self.log(&op, durable);
