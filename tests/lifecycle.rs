@@ -697,7 +697,7 @@ fn compaction_reclaims_the_space_of_deleted_records() {
     );
     wait_for_checkpoint(&s);
     assert_has_segments(&s, "after 3,000 records of ~520 bytes");
-    let full = segment_bytes(&s);
+    let full = segment_allocated_bytes(&s);
 
     // Delete 90% of the records, scattered over every segment (tags g1..g9 of g0..g9).
     for g in 1..10 {
@@ -707,14 +707,14 @@ fn compaction_reclaims_the_space_of_deleted_records() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut rng = Rng::new(7);
     loop {
-        let now = segment_bytes(&s);
+        let now = segment_allocated_bytes(&s);
         if now * 2 <= full {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "segment files still hold {now} B 10 s after deleting 90% of the records they held \
-             ({full} B; compaction should rewrite segments with dead space): {:?}",
+            "segment files still occupy {now} B on disk 10 s after deleting 90% of the records \
+             they held ({full} B; compaction should rewrite segments with dead space): {:?}",
             segment_files(&s)
         );
         // Keep something changing so checkpoints keep running.

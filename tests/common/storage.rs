@@ -73,6 +73,25 @@ pub fn segment_bytes(s: &Server) -> u64 {
     segment_files(s).iter().map(|(_, l)| l).sum()
 }
 
+/// Disk space the segment files occupy (allocated blocks, as `du` counts them): compaction
+/// may rewrite segments or punch holes into them; either frees this.
+pub fn segment_allocated_bytes(s: &Server) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for i in 0..s.shards {
+        let dir = s.data_dir().join(format!("shard-{i}"));
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            if is_segment_name(&e.file_name().to_string_lossy()) {
+                if let Ok(m) = e.metadata() {
+                    total += m.blocks() * 512;
+                }
+            }
+        }
+    }
+    total
+}
+
 /// The shards that own `topics`.
 pub fn shards_of<T: AsRef<str>>(s: &Server, topics: &[T]) -> Vec<usize> {
     let set: BTreeSet<usize> = topics
