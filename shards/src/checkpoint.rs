@@ -58,6 +58,14 @@ pub struct CheckpointState {
     /// Size of each segment file, and the bytes of it referenced when holes were last punched.
     seg_sizes: RefCell<BTreeMap<u64, (u64, u64)>>,
     pub completed: Cell<u64>,
+    snapshot_bytes: Cell<u64>,
+}
+
+#[derive(PartialEq, Clone, Copy)]
+enum Due {
+    No,
+    Flush,
+    Snapshot,
 }
 
 impl CheckpointState {
@@ -73,6 +81,7 @@ impl CheckpointState {
             done: Event::new(),
             seg_sizes: RefCell::new(BTreeMap::new()),
             completed: Cell::new(0),
+            snapshot_bytes: Cell::new(0),
         }
     }
 
@@ -210,8 +219,9 @@ impl Shard {
                 if shard.closed.get() {
                     return;
                 }
-                if shard.checkpoint_due() {
-                    if let Err(e) = shard.checkpoint().await {
+                let due = shard.checkpoint_due();
+                if due != Due::No {
+                    if let Err(e) = shard.run_checkpoint(due == Due::Snapshot).await {
                         log::error!("shard {}: checkpoint failed: {e}", shard.opts.id);
                         glommio::timer::sleep(Duration::from_secs(1)).await;
                     }
@@ -221,34 +231,51 @@ impl Shard {
         .detach();
     }
 
-    fn checkpoint_due(&self) -> bool {
+    fn checkpoint_due(&self) -> Due {
         let c = &self.ckpt;
         let dirty = self.wal.last_lsn() > c.last_lsn.get();
-        c.unflushed.get() > self.opts.hot_tail_bytes / 2
-            || self.wal.appended_bytes().saturating_sub(c.wal_mark.get()) > WAL_TRIGGER
+        // Replay after a crash is bounded by the WAL written since the last snapshot; with a
+        // large snapshot, let more WAL accumulate so snapshots stay a small part of the I/O.
+        let wal_trigger = WAL_TRIGGER.max(4 * c.snapshot_bytes.get());
+        if self.wal.appended_bytes().saturating_sub(c.wal_mark.get()) > wal_trigger
             || (dirty && c.last_at.get().elapsed() >= self.opts.checkpoint_interval)
+        {
+            Due::Snapshot
+        } else if c.unflushed.get() > self.opts.hot_tail_bytes / 2 {
+            Due::Flush
+        } else {
+            Due::No
+        }
     }
 
-    /// Runs one checkpoint now (waiting for one in progress to finish first).
+    /// Runs one full checkpoint now (waiting for one in progress to finish first).
     pub async fn checkpoint(&self) -> Result<(), String> {
+        self.run_checkpoint(true).await
+    }
+
+    /// A flush moves records to a segment and sheds memory; a full checkpoint also compacts,
+    /// writes a snapshot and gives back WAL files and dead segment space.
+    async fn run_checkpoint(&self, snapshot: bool) -> Result<(), String> {
         let _permit = self
             .ckpt
             .lock
             .acquire_permit(1)
             .await
             .map_err(|e| format!("checkpoint lock: {e}"))?;
-        let r = self.checkpoint_locked().await;
+        let r = self.checkpoint_locked(snapshot).await;
         self.ckpt.done.notify_all();
         r
     }
 
-    async fn checkpoint_locked(&self) -> Result<(), String> {
+    async fn checkpoint_locked(&self, full: bool) -> Result<(), String> {
         let c = &self.ckpt;
         if self.wal.failed().is_some() {
             return Err("the WAL has failed".into());
         }
-        c.last_at.set(Instant::now());
-        c.wal_mark.set(self.wal.appended_bytes());
+        if full {
+            c.last_at.set(Instant::now());
+            c.wal_mark.set(self.wal.appended_bytes());
+        }
         // 1. Capture, at fill_lsn, without yielding.
         let fill_lsn = self.wal.last_lsn();
         c.unflushed.set(0);
@@ -258,7 +285,11 @@ impl Shard {
         let mut compact: Vec<(String, u64, Vec<BlockRef>)> = Vec::new();
         {
             let topics = self.topics.borrow();
-            let victims = self.compaction_victims(&topics);
+            let victims = if full {
+                self.compaction_victims(&topics)
+            } else {
+                BTreeSet::new()
+            };
             let mut budget = COMPACT_BUDGET;
             for (name, t) in topics.iter() {
                 if t.durability() != Durability::Ephemeral && t.head_seq > t.flushed_seq {
@@ -348,6 +379,11 @@ impl Shard {
             }
             self.shed_memory(&mut topics);
         }
+        if !full {
+            // Without a snapshot the new segment is not yet referenced on disk: after a
+            // crash the WAL (still all there) gives its records back and it is removed.
+            return Ok(());
+        }
         // 5. The snapshot.
         let state_lsn = self.wal.last_lsn();
         let (bytes, referenced) = self.encode_snapshot(fill_lsn, state_lsn);
@@ -357,6 +393,7 @@ impl Shard {
             .map_err(|e| e.to_string())?;
         snapshot::write(self.store.dir(), state_lsn, &bytes).await?;
         c.last_lsn.set(state_lsn);
+        c.snapshot_bytes.set(bytes.len() as u64);
         drop(bytes);
         // 6. Give back what the snapshot no longer needs.
         let retired = self.wal.retire_through(fill_lsn);
