@@ -204,7 +204,7 @@ alive() {
 status_kib() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || true; }
 rss_mib() { awk -v k="${1:-VmRSS}:" '$1 == k {printf "%.1f", $2 / 1024}' "/proc/$SERVER_PID/status" 2>/dev/null || true; }
 du_bytes() { du -sb "$DATA_DIR" | cut -f1; }
-du_alloc_bytes() { du -sk "$DATA_DIR" | awk '{print $1 * 1024}'; }
+du_alloc_bytes() { du -sk "$DATA_DIR" | awk '{printf "%.0f\n", $1 * 1024}'; }
 
 # spawn_server: starts the server on DATA_DIR (no wait); SPAWNED is when.
 spawn_server() {
