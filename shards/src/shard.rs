@@ -769,7 +769,9 @@ impl Shard {
         st: &mut ReadState,
         nodes: &[String],
     ) -> Result<(), ShardError> {
+        let mut stalled = 0;
         loop {
+            let before = (st.next, st.out.len());
             let fetch = {
                 let topics = self.topics.borrow();
                 let t = topics
@@ -797,6 +799,15 @@ impl Shard {
                 .ok_or(ShardError::TopicNotFound)?;
             // False when compaction replaced a block meanwhile: plan again.
             let _ = t.absorb(st, fetched, nodes);
+            if (st.next, st.out.len()) == before {
+                stalled += 1;
+                if stalled > 16 {
+                    log::warn!("read of {topic:?} made no progress at seq {}", st.next);
+                    return Ok(());
+                }
+            } else {
+                stalled = 0;
+            }
         }
     }
 

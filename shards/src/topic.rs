@@ -933,7 +933,12 @@ impl Topic {
                 if r.seq <= st.next {
                     continue;
                 }
-                if r.seq >= self.mem_base || r.seq > visible || st.full() {
+                if st.full() {
+                    return true;
+                }
+                if r.seq >= self.mem_base || r.seq > visible {
+                    // Nothing stored in segments between the cursor and here.
+                    st.next = st.next.max((self.mem_base - 1).min(visible));
                     return true;
                 }
                 st.next = r.seq;
