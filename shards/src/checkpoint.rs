@@ -179,7 +179,8 @@ impl Shard {
             if referenced.contains(&seg) {
                 let path = self.store.dir().join(segment::seg_name(seg));
                 let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                sizes.insert(seg, (size, 0));
+                // Unknown what was punched before the restart: punch its gaps once.
+                sizes.insert(seg, (size, u64::MAX));
             } else {
                 log::info!(
                     "shard {}: removing unreferenced segment {seg}",
