@@ -8,6 +8,7 @@ pub mod config;
 pub mod event;
 pub mod mesh;
 pub mod ops;
+pub mod queue;
 pub mod router;
 pub mod segment;
 pub mod shard;

@@ -77,6 +77,77 @@ pub enum Command {
         cursors: Vec<(String, u64)>,
         close: bool,
     },
+    /// Queues (SPEC §7).
+    Claim(ClaimCmd),
+    Queue(QueueCmd),
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimCmd {
+    pub topic: String,
+    pub node: String,
+    pub max: usize,
+    pub lease_ms: Option<u64>,
+    pub wait_ms: u64,
+}
+
+/// What a queue call does to the jobs it names.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum QueueAction {
+    Ack,
+    Nack {
+        delay_ms: u64,
+    },
+    Extend {
+        lease_ms: u64,
+    },
+    /// Give leases back at once (a `/work` stream that ended).
+    Release,
+    /// Only report which of the jobs are still held.
+    Held,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueCmd {
+    pub topic: String,
+    pub node: String,
+    pub seqs: Vec<u64>,
+    /// Lease ids, one per seq, when the caller gave them.
+    pub lease_ids: Option<Vec<u64>>,
+    pub action: QueueAction,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub record: Record,
+    pub lease_id: u64,
+    pub deadline: u64,
+    pub deliveries: u32,
+}
+
+#[derive(Debug)]
+pub struct ClaimReply {
+    pub claimed: Vec<ClaimedJob>,
+    pub ready: u64,
+}
+
+#[derive(Debug)]
+pub struct QueueReply {
+    /// Seqs the action applied to, and those skipped (not held by the caller).
+    pub done: Vec<u64>,
+    pub skipped: Vec<u64>,
+    /// New deadlines (extend).
+    pub deadlines: Vec<(u64, u64)>,
+    pub ready: u64,
+    pub in_flight: u64,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueueInfo {
+    pub ready: u64,
+    pub in_flight: u64,
+    pub dead_lettered: u64,
 }
 
 /// A router's configuration (SPEC §8).
@@ -128,6 +199,8 @@ impl Command {
             | Command::DeleteRecords { topic, .. } => Some(topic),
             Command::Append(a) => Some(&a.topic),
             Command::Diff(d) => Some(&d.topic),
+            Command::Claim(c) => Some(&c.topic),
+            Command::Queue(c) => Some(&c.topic),
             Command::InstallRouter { config, .. } => Some(&config.source),
             Command::ListTopics { .. }
             | Command::PutRouter { .. }
@@ -200,6 +273,7 @@ pub enum ShardError {
         topic: String,
     },
     SessionNotFound,
+    NotAQueue,
     NotReady,
     ShuttingDown,
     Storage(String),
@@ -220,6 +294,8 @@ pub enum Reply {
     RoutersRemoved(Vec<String>),
     WatchOk,
     Watch(Box<crate::watch::WatchSpec>),
+    Claimed(ClaimReply),
+    Queue(QueueReply),
     Err(ShardError),
 }
 
@@ -247,6 +323,7 @@ pub struct TopicInfo {
     pub last_write_ts: u64,
     pub last_read_ts: u64,
     pub effective_priority: i64,
+    pub queue: Option<QueueInfo>,
 }
 
 #[derive(Debug, Clone)]

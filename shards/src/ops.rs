@@ -18,6 +18,9 @@ pub const K_DROP: u8 = 14;
 pub const K_SKIPPED: u8 = 15;
 pub const K_SETTLE: u8 = 16;
 pub const K_DELETE_SEQS: u8 = 17;
+pub const K_QUEUE_LEASE: u8 = 40;
+pub const K_QUEUE_RELEASE: u8 = 41;
+pub const K_QUEUE_DEAD: u8 = 42;
 pub const K_ROUTER_PUT: u8 = 20;
 pub const K_ROUTER_CURSOR: u8 = 21;
 pub const K_ROUTER_DEL: u8 = 22;
@@ -67,6 +70,24 @@ pub enum Op {
     },
     Drop {
         topic: String,
+    },
+    /// Queue jobs leased (or leases extended): (seq, lease id, deadline, deliveries, size),
+    /// and the fresh-job cursor after the claim. Logged only with `leases_durable`.
+    QueueLease {
+        topic: String,
+        node: String,
+        entries: Vec<(u64, u64, u64, u32, u64)>,
+        fresh_cursor: u64,
+    },
+    /// Leases given back: (seq, claimable again at; 0 = now).
+    QueueRelease {
+        topic: String,
+        entries: Vec<(u64, u64)>,
+    },
+    /// Jobs moved to the dead-letter topic: deleted here and counted.
+    QueueDead {
+        topic: String,
+        victims: Vec<(u64, u64)>,
     },
     /// Written at a clean shutdown: every seq up to `head` is durable, none above was handed
     /// out, so the reservation shrinks back to the head.
@@ -131,6 +152,9 @@ impl Op {
             Op::Reserve { .. } => K_RESERVE,
             Op::Delete { .. } => K_DELETE,
             Op::DeleteSeqs { .. } => K_DELETE_SEQS,
+            Op::QueueLease { .. } => K_QUEUE_LEASE,
+            Op::QueueRelease { .. } => K_QUEUE_RELEASE,
+            Op::QueueDead { .. } => K_QUEUE_DEAD,
             Op::Drop { .. } => K_DROP,
             Op::Settle { .. } => K_SETTLE,
             Op::RouterPut { .. } => K_ROUTER_PUT,
@@ -150,6 +174,9 @@ impl Op {
             | Op::Reserve { topic, .. }
             | Op::Delete { topic, .. }
             | Op::DeleteSeqs { topic, .. }
+            | Op::QueueLease { topic, .. }
+            | Op::QueueRelease { topic, .. }
+            | Op::QueueDead { topic, .. }
             | Op::Drop { topic }
             | Op::Settle { topic, .. }
             | Op::RouterPut { topic, .. }
@@ -221,10 +248,28 @@ impl Op {
             Op::Settle { head, .. } => {
                 e.u64(*head);
             }
-            Op::DeleteSeqs { victims, .. } => {
+            Op::DeleteSeqs { victims, .. } | Op::QueueDead { victims, .. } => {
                 e.u32(victims.len() as u32);
                 for (s, n) in victims {
                     e.u64(*s).u64(*n);
+                }
+            }
+            Op::QueueLease {
+                node,
+                entries,
+                fresh_cursor,
+                ..
+            } => {
+                e.bytes(node.as_bytes()).u64(*fresh_cursor);
+                e.u32(entries.len() as u32);
+                for (s, id, d, n, size) in entries {
+                    e.u64(*s).u64(*id).u64(*d).u32(*n).u64(*size);
+                }
+            }
+            Op::QueueRelease { entries, .. } => {
+                e.u32(entries.len() as u32);
+                for (s, t) in entries {
+                    e.u64(*s).u64(*t);
                 }
             }
             Op::RouterPut {
@@ -324,13 +369,40 @@ impl Op {
                     upto_seq: d.u64()?,
                 }
             }
-            K_DELETE_SEQS => {
+            K_DELETE_SEQS | K_QUEUE_DEAD => {
                 let n = d.u32()? as usize;
                 let mut victims = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     victims.push((d.u64()?, d.u64()?));
                 }
-                Op::DeleteSeqs { topic, victims }
+                if kind == K_QUEUE_DEAD {
+                    Op::QueueDead { topic, victims }
+                } else {
+                    Op::DeleteSeqs { topic, victims }
+                }
+            }
+            K_QUEUE_LEASE => {
+                let node = d.str()?.to_owned();
+                let fresh_cursor = d.u64()?;
+                let n = d.u32()? as usize;
+                let mut entries = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    entries.push((d.u64()?, d.u64()?, d.u64()?, d.u32()?, d.u64()?));
+                }
+                Op::QueueLease {
+                    topic,
+                    node,
+                    entries,
+                    fresh_cursor,
+                }
+            }
+            K_QUEUE_RELEASE => {
+                let n = d.u32()? as usize;
+                let mut entries = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    entries.push((d.u64()?, d.u64()?));
+                }
+                Op::QueueRelease { topic, entries }
             }
             K_DROP => Op::Drop { topic },
             K_SETTLE => Op::Settle {

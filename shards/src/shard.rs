@@ -131,6 +131,29 @@ pub(crate) fn apply(
                 t.delete_seqs(&victims);
             }
         }
+        Op::QueueLease {
+            topic,
+            node,
+            entries,
+            fresh_cursor,
+        } => {
+            if let Some(t) = topics.get_mut(&topic) {
+                t.apply_lease(&node, &entries, fresh_cursor);
+            }
+        }
+        Op::QueueRelease { topic, entries } => {
+            if let Some(t) = topics.get_mut(&topic) {
+                t.apply_release(&entries);
+            }
+        }
+        Op::QueueDead { topic, victims } => {
+            if let Some(t) = topics.get_mut(&topic) {
+                let n = t.delete_seqs(&victims);
+                if let Some(q) = &mut t.queue {
+                    q.dead_lettered += n;
+                }
+            }
+        }
         Op::Settle { topic, head } => {
             if let Some(t) = topics.get_mut(&topic) {
                 if t.head_seq == head {
@@ -457,6 +480,8 @@ impl Shard {
                 cursors,
                 close,
             } => self.watch_progress(&wid, cursors, close),
+            Command::Claim(c) => self.claim(c).await,
+            Command::Queue(c) => self.queue_cmd(c).await,
         };
         r.unwrap_or_else(Reply::Err)
     }
@@ -531,6 +556,7 @@ impl Shard {
             last_write_ts: t.last_write_ts,
             last_read_ts: t.last_read_ts,
             effective_priority: t.config.priority.unwrap_or(0),
+            queue: crate::queue::info(t, now_ms()),
         })))
     }
 

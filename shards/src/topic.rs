@@ -5,8 +5,9 @@
 //! here; recovery decodes the same operation and applies it again.
 
 use crate::codec::{Dec, Enc};
-use crate::config::{Discard, Durability, TopicConfig};
+use crate::config::{Discard, Durability, TopicConfig, TopicType};
 use crate::event::Event;
+use crate::queue::QueueState;
 use crate::segment::{BlockRef, Entry, Store};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
@@ -217,6 +218,8 @@ pub struct Topic {
     pub router_marks: HashMap<Box<str>, u64>,
     /// Woken whenever records become visible (long-polls, watchers).
     pub changed: Rc<Event>,
+    /// A queue's leases and delivery counts (`type: "queue"` only).
+    pub queue: Option<Box<QueueState>>,
 }
 
 /// Seqs reserved ahead of the head of a non-`fsync` topic, so that seqs acknowledged before a
@@ -317,7 +320,9 @@ fn skipped(r: &Record, skip_nodes: &[String]) -> bool {
 
 impl Topic {
     pub fn new(config: TopicConfig, now_ms: u64, store: Rc<Store>, created_lsn: u64) -> Self {
+        let queue = (config.topic_type == TopicType::Queue).then(|| Box::new(QueueState::new()));
         Topic {
+            queue,
             config,
             store,
             created_lsn,
@@ -401,6 +406,9 @@ impl Topic {
     /// Removes one live record. `deleted` records a delete (kept in the delete set while the
     /// record sits in a segment); otherwise the caller moves the eviction floor past it.
     fn kill(&mut self, seq: u64, size: u64, deleted: bool) {
+        if let Some(q) = &mut self.queue {
+            q.forget(seq);
+        }
         self.count = self.count.saturating_sub(1);
         self.bytes = self.bytes.saturating_sub(size);
         if seq >= self.mem_base {
@@ -427,6 +435,9 @@ impl Topic {
     fn floor_moved(&mut self, reason: LossReason) {
         let floor = self.evict_floor;
         self.evict_reason = Some(LossReason::merge(self.evict_reason, reason));
+        if let Some(q) = &mut self.queue {
+            q.forget_below(floor);
+        }
         let keep = self.blocks.partition_point(|b| b.last_seq < floor);
         self.blocks.drain(..keep);
         self.deleted.remove(0, floor.saturating_sub(1));
@@ -716,6 +727,9 @@ impl Topic {
                 self.bytes = self.bytes.saturating_sub(b.live_bytes);
                 deleted += b.live as u64;
                 self.deleted.remove(b.first_seq, b.last_seq);
+                if let Some(q) = &mut self.queue {
+                    q.forget_range(b.first_seq, b.last_seq);
+                }
                 continue;
             }
             let victims: Vec<(u64, u64)> = match matcher {
@@ -788,6 +802,45 @@ impl Topic {
         deleted
     }
 
+    /// Leases queue jobs (or extends leases): (seq, lease id, deadline, deliveries, size).
+    pub fn apply_lease(&mut self, node: &str, entries: &[(u64, u64, u64, u32, u64)], fresh: u64) {
+        let Some(q) = &mut self.queue else {
+            return;
+        };
+        let node: Rc<str> = Rc::from(node);
+        for &(seq, lease_id, deadline, deliveries, size) in entries {
+            q.next_lease = q.next_lease.max(lease_id + 1);
+            q.delayed.remove(&seq);
+            q.deliveries.insert(seq, deliveries);
+            q.leases.insert(
+                seq,
+                crate::queue::Lease {
+                    node: node.clone(),
+                    lease_id,
+                    deadline,
+                    size,
+                },
+            );
+        }
+        q.fresh_cursor = q.fresh_cursor.max(fresh);
+    }
+
+    /// Gives leases back: (seq, claimable again at; 0 = now).
+    pub fn apply_release(&mut self, entries: &[(u64, u64)]) {
+        let Some(q) = &mut self.queue else {
+            return;
+        };
+        for &(seq, at) in entries {
+            q.leases.remove(&seq);
+            if at > 0 {
+                q.delayed.insert(seq, at);
+            } else {
+                q.delayed.remove(&seq);
+            }
+        }
+        q.released.notify_all();
+    }
+
     /// Tag delete, step one: the live records of the hot tail matching, up to `upto`, and the
     /// blocks whose records must be read to find the rest.
     pub fn delete_candidates(
@@ -815,6 +868,18 @@ impl Topic {
             .map(|r| (r.seq, r.size()))
             .collect();
         (mem, blocks)
+    }
+
+    /// Whether record `seq` exists and is live.
+    pub fn is_live(&self, seq: u64) -> bool {
+        if seq >= self.mem_base {
+            let i = self.slot_pos(seq);
+            self.mem
+                .get(i)
+                .is_some_and(|s| s.seq == seq && s.rec.is_some())
+        } else {
+            !self.seg_gone(seq) && self.block_pos(seq).is_some()
+        }
     }
 
     /// Seqs the hot tail is authoritative from.
@@ -1129,6 +1194,9 @@ impl Topic {
         for (s, x) in holes.ranges() {
             e.u64(s).u64(x);
         }
+        if let Some(q) = &self.queue {
+            q.encode(e, self.config.leases_durable);
+        }
     }
 
     pub fn decode_state(
@@ -1187,6 +1255,9 @@ impl Topic {
             holes.insert(s, x);
         }
         t.fill_holes = Some(holes);
+        if t.queue.is_some() {
+            t.queue = Some(Box::new(QueueState::decode(d)?));
+        }
         Some(t)
     }
 }

@@ -134,6 +134,12 @@ impl ApiError {
                 "not_found",
                 "watch session does not exist or has expired",
             ),
+            ShardError::NotAQueue => Self::new(
+                409,
+                "not_a_queue",
+                format!("topic {topic:?} is a log, not a queue"),
+            )
+            .detail(serde_json::json!({ "topic": topic })),
             ShardError::NotReady => Self::not_ready(0.0),
             ShardError::ShuttingDown => Self::shutting_down(),
             ShardError::Storage(msg) => {

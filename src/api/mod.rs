@@ -5,6 +5,7 @@
 mod errors;
 pub mod json;
 mod ops;
+mod queues;
 mod records;
 mod routers;
 mod topics;
@@ -294,7 +295,9 @@ impl Api {
                 }
                 match action {
                     None => allow(&req, "GET, PUT, POST, DELETE")?,
-                    Some("diff") | Some("delete") => allow(&req, "POST")?,
+                    Some("diff") | Some("delete") | Some("claim") | Some("ack") | Some("nack")
+                    | Some("extend") => allow(&req, "POST")?,
+                    Some("work") => allow(&req, "GET")?,
                     Some(_) => return Err(ApiError::route_not_found(path)),
                 }
                 self.require_ready()?;
@@ -306,6 +309,17 @@ impl Api {
                     (None, "DELETE") => topics::delete(self, name, &req, start).await,
                     (None, _) => records::append(self, name, &req, start).await,
                     (Some("diff"), _) => records::diff(self, name, &req, start).await,
+                    (Some("claim"), _) => queues::claim(self, name, &req, start).await,
+                    (Some("ack"), _) => {
+                        queues::act(self, name, queues::Verb::Ack, &req, start).await
+                    }
+                    (Some("nack"), _) => {
+                        queues::act(self, name, queues::Verb::Nack, &req, start).await
+                    }
+                    (Some("extend"), _) => {
+                        queues::act(self, name, queues::Verb::Extend, &req, start).await
+                    }
+                    (Some("work"), _) => queues::work(self, name, &req).await,
                     _ => records::delete(self, name, &req, start).await,
                 }
             }

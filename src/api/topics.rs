@@ -175,6 +175,13 @@ pub async fn get(api: &Api, topic: String, req: &Request, start: Instant) -> Api
     o.i64("effective_priority", t.effective_priority)
         .u64("last_write_ts", t.last_write_ts)
         .u64("last_read_ts", t.last_read_ts);
+    if let Some(q) = &t.queue {
+        let mut j = Obj::new(o.key("queue"));
+        j.u64("ready", q.ready)
+            .u64("in_flight", q.in_flight)
+            .u64("dead_lettered", q.dead_lettered);
+        j.end();
+    }
     Perf::default().write(&mut o, start);
     o.end();
     Ok(json_response(200, body))

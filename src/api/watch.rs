@@ -205,7 +205,7 @@ pub async fn create(api: &Api, req: &Request, start: Instant) -> ApiResult {
     Ok(json_response(200, body))
 }
 
-fn accepts_event_stream(req: &Request) -> bool {
+pub fn accepts_event_stream(req: &Request) -> bool {
     let Some(accept) = req.header("accept") else {
         return true;
     };
