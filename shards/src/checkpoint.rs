@@ -112,7 +112,7 @@ pub fn load_entries(
     snap: &snapshot::Loaded,
     store: &Rc<Store>,
     now: u64,
-    topics: &mut BTreeMap<String, Topic>,
+    topics: &mut BTreeMap<String, Box<Topic>>,
     routers: &mut BTreeMap<String, RouterState>,
     sessions: &mut BTreeMap<String, Session>,
 ) -> Result<usize, WalError> {
@@ -130,7 +130,7 @@ pub fn load_entries(
                 let name = d.str().ok_or_else(bad)?.to_owned();
                 let config = TopicConfig::decode(&mut d).ok_or_else(bad)?;
                 let t = Topic::decode_state(&mut d, config, store.clone(), now).ok_or_else(bad)?;
-                topics.insert(name, t);
+                topics.insert(name, Box::new(t));
             }
             E_ROUTER => apply_router(routers, Op::decode(K_ROUTER_PUT, bytes).ok_or_else(bad)?, 0),
             E_SESSION => apply_watch(
@@ -409,7 +409,7 @@ impl Shard {
 
     /// Segments less than half of which is still referenced, and small segments once there
     /// are several (each checkpoint writes one; merging keeps their number bounded).
-    fn compaction_victims(&self, topics: &BTreeMap<String, Topic>) -> BTreeSet<u64> {
+    fn compaction_victims(&self, topics: &BTreeMap<String, Box<Topic>>) -> BTreeSet<u64> {
         let mut live: BTreeMap<u64, u64> = BTreeMap::new();
         for t in topics.values() {
             for b in &t.blocks {
@@ -439,7 +439,7 @@ impl Shard {
 
     /// Drops hot-tail records already in segments, least recently used topics first, until
     /// the hot tail is within half its budget; forgets block entries no longer needed.
-    fn shed_memory(&self, topics: &mut BTreeMap<String, Topic>) {
+    fn shed_memory(&self, topics: &mut BTreeMap<String, Box<Topic>>) {
         let target = self.opts.hot_tail_bytes / 2;
         let mut total: u64 = topics.values().map(|t| t.mem_bytes).sum();
         if total > target {
@@ -459,7 +459,7 @@ impl Shard {
             }
         }
         for t in topics.values_mut() {
-            t.shed_entries();
+            t.trim_memory();
         }
     }
 

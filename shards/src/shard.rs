@@ -48,7 +48,7 @@ fn ms(d: Duration) -> f64 {
 
 pub struct Shard {
     pub opts: ShardOptions,
-    pub(crate) topics: RefCell<BTreeMap<String, Topic>>,
+    pub(crate) topics: RefCell<BTreeMap<String, Box<Topic>>>,
     pub(crate) routers: RefCell<BTreeMap<String, RouterState>>,
     pub(crate) sessions: RefCell<BTreeMap<String, Session>>,
     /// Serialises router changes (used on shard 0).
@@ -70,7 +70,7 @@ pub struct Shard {
 type ResolvedDelete = (u64, u64, u64, Vec<(u64, u64)>);
 
 pub(crate) fn apply(
-    topics: &mut BTreeMap<String, Topic>,
+    topics: &mut BTreeMap<String, Box<Topic>>,
     store: &Rc<Store>,
     op: Op,
     now: u64,
@@ -84,7 +84,7 @@ pub(crate) fn apply(
                 t.expire(now);
             }
             None => {
-                topics.insert(topic, Topic::new(config, now, store.clone(), lsn));
+                topics.insert(topic, Box::new(Topic::new(config, now, store.clone(), lsn)));
             }
         },
         Op::Append {
@@ -350,7 +350,7 @@ impl Shard {
         self.topics.borrow().len()
     }
 
-    fn update_gauge(&self, topics: &BTreeMap<String, Topic>) {
+    fn update_gauge(&self, topics: &BTreeMap<String, Box<Topic>>) {
         self.opts
             .topic_gauge
             .store(topics.len(), std::sync::atomic::Ordering::Relaxed);

@@ -1125,10 +1125,28 @@ impl Topic {
         before - self.mem_bytes
     }
 
-    /// Forgets the loaded entries of blocks other than the first.
-    pub fn shed_entries(&mut self) {
+    /// Gives back memory the topic no longer needs: loaded entries of blocks other than the
+    /// first, and the spare capacity of its queues (with a million small topics, the
+    /// capacity left behind by records moved to segments would dominate).
+    pub fn trim_memory(&mut self) {
         for b in self.blocks.iter_mut().skip(1) {
             b.entries = None;
+        }
+        fn fit<T>(v: &mut VecDeque<T>) {
+            if v.is_empty() {
+                if v.capacity() > 0 {
+                    *v = VecDeque::new();
+                }
+            } else if v.capacity() > 2 * v.len() + 8 {
+                v.shrink_to_fit();
+            }
+        }
+        fit(&mut self.mem);
+        fit(&mut self.unsynced);
+        fit(&mut self.reservation.pending);
+        fit(&mut self.idem_order);
+        if self.blocks.capacity() > self.blocks.len() + 4 {
+            self.blocks.shrink_to_fit();
         }
     }
 
