@@ -1128,10 +1128,13 @@ impl Topic {
     /// Gives back memory the topic no longer needs: loaded entries of blocks other than the
     /// first, and the spare capacity of its queues (with a million small topics, the
     /// capacity left behind by records moved to segments would dominate).
-    pub fn trim_memory(&mut self) {
+    pub fn trim_memory(&mut self, durable_lsn: u64) {
         for b in self.blocks.iter_mut().skip(1) {
             b.entries = None;
         }
+        // Entries already durable are only looked at by the next write: drop them now.
+        self.durable_seq(durable_lsn);
+        let _ = self.reservation.wait_for(0, durable_lsn);
         fn fit<T>(v: &mut VecDeque<T>) {
             if v.is_empty() {
                 if v.capacity() > 0 {
@@ -1145,7 +1148,7 @@ impl Topic {
         fit(&mut self.unsynced);
         fit(&mut self.reservation.pending);
         fit(&mut self.idem_order);
-        if self.blocks.capacity() > self.blocks.len() + 4 {
+        if self.blocks.capacity() > self.blocks.len() * 5 / 4 + 1 {
             self.blocks.shrink_to_fit();
         }
     }
