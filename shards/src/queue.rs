@@ -60,9 +60,16 @@ pub struct QueueState {
 impl QueueState {
     pub fn new() -> Self {
         QueueState {
-            next_lease: 1,
+            next_lease: Self::lease_floor(),
             ..Default::default()
         }
+    }
+
+    /// Lease ids start from the clock (ms << 20), so ids stay unique across restarts that
+    /// forgot the leases and across re-creations of the queue: a late ack from before a
+    /// crash can never match a new lease.
+    fn lease_floor() -> u64 {
+        (now_ms() << 20) | 1
     }
 
     pub fn lock(&mut self) -> Rc<glommio::sync::Semaphore> {
@@ -174,7 +181,7 @@ impl QueueState {
     pub fn decode(d: &mut Dec<'_>) -> Option<QueueState> {
         let mut q = QueueState::new();
         q.dead_lettered = d.u64()?;
-        q.next_lease = d.u64()?;
+        q.next_lease = d.u64()?.max(Self::lease_floor());
         if d.u8()? == 0 {
             return Some(q);
         }
@@ -331,10 +338,17 @@ impl Shard {
                     .acquire_permit(1)
                     .await
                     .map_err(|_| ShardError::NotReady)?;
-                self.claim_now(&cmd.topic, &[member])
-                    .await?
-                    .pop()
-                    .unwrap_or_default()
+                let mut got = Vec::new();
+                // Jobs moved to the dead-letter topic leave room: claim again for it.
+                for _ in 0..8 {
+                    let want = (member.0 - got.len(), member.1.clone(), member.2);
+                    let (mut jobs, dead) = self.claim_now(&cmd.topic, &[want]).await?;
+                    got.append(jobs.get_mut(0).unwrap_or(&mut Vec::new()));
+                    if dead == 0 || got.len() >= member.0 {
+                        break;
+                    }
+                }
+                got
             };
             let now = now_ms();
             let (ready, next) = {
@@ -403,7 +417,7 @@ impl Shard {
                 }
             }
             let members = cohort.members.borrow().clone();
-            let result = self.claim_now(topic, &members).await;
+            let result = self.claim_now(topic, &members).await.map(|(s, _)| s);
             let shares = match &result {
                 Ok(s) => s.clone(),
                 Err(_) => vec![Vec::new(); members.len()],
@@ -434,7 +448,7 @@ impl Shard {
         self: &Rc<Self>,
         topic: &str,
         members: &[(usize, String, u64)],
-    ) -> Result<Vec<Vec<ClaimedJob>>, ShardError> {
+    ) -> Result<(Vec<Vec<ClaimedJob>>, usize), ShardError> {
         let total: usize = members.iter().map(|m| m.0).sum();
         let now = now_ms();
         let (created, retries, fresh_from) = {
@@ -530,12 +544,13 @@ impl Shard {
         if let Some(lsn) = wait {
             self.durable(lsn).await?;
         }
+        let dead_count = dead.len();
         if let Some(dl) = dl_topic {
             if !dead.is_empty() {
                 self.dead_letter(topic, created, &dl, dead).await?;
             }
         }
-        Ok(out)
+        Ok((out, dead_count))
     }
 
     /// Moves jobs to the dead-letter topic: appended there (with a stable idempotency key,
@@ -607,6 +622,7 @@ impl Shard {
             };
             let mut done = Vec::new();
             let mut skipped = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             let mut victims = Vec::new();
             let mut releases = Vec::new();
             let mut extends = Vec::new();
@@ -614,6 +630,10 @@ impl Shard {
             {
                 let q = queue_of(t)?;
                 for (i, &seq) in cmd.seqs.iter().enumerate() {
+                    if !seen.insert(seq) {
+                        // A seq named twice in one call counts once.
+                        continue;
+                    }
                     let lid = cmd.lease_ids.as_ref().and_then(|v| v.get(i).copied());
                     let Some(l) = q.leases.get(&seq).filter(|_| q.holds(seq, &cmd.node, lid))
                     else {

@@ -26,8 +26,17 @@ pub fn lease_id_string(id: u64) -> String {
     format!("lease_{id:016x}")
 }
 
+/// A lease id exactly as the server writes it: `lease_` and 16 lowercase hex digits.
 fn parse_lease_id(s: &str) -> Option<u64> {
-    u64::from_str_radix(s.strip_prefix("lease_")?, 16).ok()
+    let hex = s.strip_prefix("lease_")?;
+    if hex.len() != 16
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
 }
 
 fn node_of(node: Option<String>) -> Result<String, ApiError> {
@@ -39,7 +48,6 @@ fn node_of(node: Option<String>) -> Result<String, ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ClaimBody {
     node: Option<String>,
     max: Option<u64>,
@@ -107,7 +115,6 @@ pub async fn claim(api: &Api, topic: String, req: &Request, start: Instant) -> A
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SeqsBody {
     node: Option<String>,
     seqs: Option<Vec<u64>>,
@@ -148,7 +155,7 @@ pub async fn act(api: &Api, topic: String, verb: Verb, req: &Request, start: Ins
             let parsed: Option<Vec<u64>> = ids.iter().map(|s| parse_lease_id(s)).collect();
             Some(
                 parsed
-                    .ok_or_else(|| ApiError::invalid("lease_ids must look like \"lease_<hex>\""))?,
+                    .ok_or_else(|| ApiError::invalid("lease_ids must be lease ids as claim returned them (\"lease_\" and 16 hex digits)"))?,
             )
         }
     };
@@ -357,7 +364,8 @@ impl Worker {
                     Some(Ok(Reply::Claimed(r))) => jobs = r.claimed,
                     Some(Err(e)) if e.status == 404 || e.status == 409 => {
                         let mut f = Vec::new();
-                        sse_event(&mut f, None, "error", e.code.as_bytes());
+                        let data = serde_json::json!({"code": e.code, "message": e.message});
+                        sse_event(&mut f, None, "error", data.to_string().as_bytes());
                         let _ = sink.send(&f).await;
                         return;
                     }
