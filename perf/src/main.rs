@@ -9,6 +9,8 @@
 //! topics-load --workload topics --topics 100000 --server-pid 1234 --cpu 1
 //! topics-load --workload fill --topics 1000 --records 20000000 --batch 500 --connections 32
 //! topics-load --workload diff-range --topics 1000 --limit 1000 --connections 8
+//! topics-load --workload queue-rt --durability fsync --connections 16 --claim-max 1 --cpu 1
+//! topics-load --workload queue-latency --rate 5000 --connections 16 --cpu 1
 //! ```
 
 mod client;
@@ -22,7 +24,8 @@ mod workloads;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::client::Target;
 use crate::exec::{Cpus, Pin};
@@ -64,7 +67,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub warmup_secs: f64,
     /// Concurrent connections [default: append and topics 64, append-batch 16, diff 1; ack-latency and
-    /// router are 1; fanout and watch-idle: streams opened concurrently, 32].
+    /// router are 1; fanout and watch-idle: streams opened concurrently, 32; queue-rt and
+    /// queue-latency: workers, 16].
     #[arg(long)]
     pub connections: Option<usize>,
     /// Number of topics the `append`, `topics` and `fill` workloads spread their writes over,
@@ -73,7 +77,8 @@ pub struct Args {
     #[arg(long)]
     pub topics: Option<usize>,
     /// Records the `fill` workload writes in all, spread evenly over `--topics` [default:
-    /// 1000 per topic].
+    /// 1000 per topic]; jobs `queue-rt` pre-fills its queue with [default: enough for 20,000
+    /// round trips/s (× --claim-max, up to 8) over warm-up + run, at least 100,000].
     #[arg(long)]
     pub records: Option<u64>,
     /// Commit class of the written topics [default: disk; ack-latency: both].
@@ -98,9 +103,17 @@ pub struct Args {
     /// Watch streams [default: fanout 1000, watch-idle 10000].
     #[arg(long)]
     pub watchers: Option<usize>,
-    /// Records per second the fanout writer appends (one record per POST, paced).
+    /// Records per second the fanout writer and the queue-latency producer append (one record
+    /// per POST, paced) [default: fanout 1000, queue-latency 5000].
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
+    /// Jobs per claim (queue-rt acks them all in one call) [default: queue-rt 1,
+    /// queue-latency 16].
+    #[arg(long)]
+    pub claim_max: Option<usize>,
+    /// How long a queue-latency claim long-polls for work, in ms.
+    #[arg(long, default_value_t = 1000)]
+    pub wait_ms: u64,
     /// Topics the watch-idle streams are spread over (each stream follows one).
     #[arg(long, default_value_t = 4)]
     pub watch_topics: usize,
@@ -108,8 +121,8 @@ pub struct Args {
     /// URL's port, found through /proc].
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// After the writer stops: how long fanout waits for frames still missing, and router
-    /// for the forwarding to catch up, in seconds.
+    /// After the writer stops: how long fanout waits for frames still missing, router for
+    /// the forwarding to catch up, and queue-latency for jobs not yet claimed, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub drain_secs: f64,
     /// Pin one executor to each of these CPUs (comma-separated); connections are spread
@@ -158,7 +171,16 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    if args.workload == Workload::QueueLatency
+        && matches.value_source("rate") == Some(ValueSource::DefaultValue)
+    {
+        args.rate = 5000.0;
+    }
     if args.record_bytes < 64 {
         eprintln!("topics-load: --record-bytes must be at least 64");
         return ExitCode::from(2);

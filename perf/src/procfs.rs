@@ -1,5 +1,6 @@
-//! What the load generator reads from `/proc` (Linux): the server's resident memory, the
-//! process that listens on a local port, and this process's open-file limit.
+//! What the load generator reads from `/proc` (Linux): the server's resident memory and
+//! storage reads, the process that listens on a local port, and this process's open-file
+//! limit.
 
 use std::fs;
 
@@ -20,6 +21,17 @@ pub fn status_kib(pid: u32, keys: &[&str]) -> Vec<Option<u64>> {
             line.split_ascii_whitespace().nth(1)?.parse().ok()
         })
         .collect()
+}
+
+/// `read_bytes` of `/proc/<pid>/io`: what the process made the kernel fetch from storage
+/// (page-cache hits excluded; O_DIRECT reads included). `None` when unreadable.
+pub fn io_read_bytes(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("read_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The process holding a socket that listens on TCP `port` (any local address), found by

@@ -119,6 +119,56 @@ fn human_line(workload: &str, run: &Run) -> String {
         return format!("{workload} {}: {}", run.name, all.join("  "));
     }
     let get = |k: &str| f.get(k).map(plain).unwrap_or_else(|| "-".into());
+    if workload == "queue-rt" {
+        let mut line = format!(
+            "queue-rt {}: {} round trips/s  {} jobs/s  pair p50 {} µs  p99 {} µs  claim p50 {} µs  \
+             p99 {} µs  ack p50 {} µs  p99 {} µs  empty claims {}  consistent {}  errors {}",
+            run.name,
+            get("round_trips_per_s"),
+            get("jobs_per_s"),
+            get("p50_us"),
+            get("p99_us"),
+            get("claim_p50_us"),
+            get("claim_p99_us"),
+            get("ack_p50_us"),
+            get("ack_p99_us"),
+            get("empty_claims"),
+            get("consistent"),
+            get("errors"),
+        );
+        for key in ["warning", "first_error"] {
+            if let Some(v) = f.get(key) {
+                line.push_str(&format!("  {key} {}", plain(v)));
+            }
+        }
+        return line;
+    }
+    if workload == "queue-latency" {
+        let mut line = format!(
+            "queue-latency {}: {} jobs/s (target {})  send→claim p50 {} µs  p90 {} µs  p99 {} µs  \
+             max {} µs  append-ack→claim p50 {} µs  p99 {} µs  lost {}  duplicates {}  \
+             acked once {}/{}  exactly once {}  errors {}",
+            run.name,
+            get("records_per_s"),
+            get("rate_target"),
+            get("p50_us"),
+            get("p90_us"),
+            get("p99_us"),
+            get("max_us"),
+            get("ack_to_claim_p50_us"),
+            get("ack_to_claim_p99_us"),
+            get("lost"),
+            get("duplicates"),
+            get("acked_once"),
+            get("jobs_produced"),
+            get("exactly_once"),
+            get("errors"),
+        );
+        if let Some(v) = f.get("first_error") {
+            line.push_str(&format!("  first_error {}", plain(v)));
+        }
+        return line;
+    }
     let mut line = format!(
         "{workload} {}: {} records/s  {} req/s  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  errors {}",
         run.name,

@@ -11,6 +11,9 @@ pub mod diff_range;
 pub mod fanout;
 pub mod fill;
 pub mod many_topics;
+pub mod queue;
+pub mod queue_latency;
+pub mod queue_rt;
 pub mod router;
 pub mod watch_idle;
 
@@ -50,6 +53,12 @@ pub enum Workload {
     Fill,
     /// Paged diffs over the oldest and the newest records of the topics `fill` wrote.
     DiffRange,
+    /// A pre-filled queue and W workers looping claim -> ack as fast as it goes: round
+    /// trips/s and their latency (issue 6).
+    QueueRt,
+    /// A producer appending jobs at a steady rate and W long-polling workers: end-to-end job
+    /// latency, and that every job is delivered exactly once (issue 6).
+    QueueLatency,
 }
 
 impl Workload {
@@ -65,6 +74,8 @@ impl Workload {
             Workload::Topics => "topics",
             Workload::Fill => "fill",
             Workload::DiffRange => "diff-range",
+            Workload::QueueRt => "queue-rt",
+            Workload::QueueLatency => "queue-latency",
         }
     }
 }
@@ -81,6 +92,8 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
         Workload::Topics => many_topics::run(args, target),
         Workload::Fill => fill::run(args, target),
         Workload::DiffRange => diff_range::run(args, target),
+        Workload::QueueRt => queue_rt::run(args, target),
+        Workload::QueueLatency => queue_latency::run(args, target),
     }
 }
 
