@@ -514,23 +514,9 @@ impl Topic {
             self.mem_base = self.mem_base.min(first_seq).max(self.flushed_seq + 1);
         }
         for (i, r) in records.into_iter().enumerate() {
-            let size = r.size();
             self.count += 1;
-            self.bytes += size;
-            self.mem_bytes += size + SLOT_OVERHEAD;
-            let seq = first_seq + i as u64;
-            self.mem.push_back(Slot {
-                seq,
-                rec: Some(Record {
-                    seq,
-                    ts,
-                    node: r.node,
-                    tag: r.tag,
-                    data: r.data,
-                    meta: r.meta,
-                    hops: r.hops,
-                }),
-            });
+            self.bytes += r.size();
+            self.push_slot(first_seq + i as u64, ts, r);
         }
         self.finish_append(first_seq, n, ts, idem_key);
         self.enforce_caps();
@@ -566,20 +552,25 @@ impl Topic {
             if self.mem.back().is_some_and(|s| s.seq >= seq) {
                 continue;
             }
-            self.mem_bytes += r.size() + SLOT_OVERHEAD;
-            self.mem.push_back(Slot {
-                seq,
-                rec: Some(Record {
-                    seq,
-                    ts,
-                    node: r.node,
-                    tag: r.tag,
-                    data: r.data,
-                    meta: r.meta,
-                    hops: r.hops,
-                }),
-            });
+            self.push_slot(seq, ts, r);
         }
+    }
+
+    /// Adds a record at the end of the hot tail.
+    fn push_slot(&mut self, seq: u64, ts: u64, r: NewRecord) {
+        self.mem_bytes += r.size() + SLOT_OVERHEAD;
+        self.mem.push_back(Slot {
+            seq,
+            rec: Some(Record {
+                seq,
+                ts,
+                node: r.node,
+                tag: r.tag,
+                data: r.data,
+                meta: r.meta,
+                hops: r.hops,
+            }),
+        });
     }
 
     /// Applies an append of `n` records that are not kept (an `ephemeral` topic's records, as

@@ -310,16 +310,21 @@ impl Worker {
         }
         // The connection is gone (or the queue is): give the leases back at once.
         if !self.held.is_empty() {
-            let (seqs, ids): (Vec<u64>, Vec<u64>) = self.held.iter().copied().unzip();
-            let cmd = Command::Queue(QueueCmd {
-                topic: self.topic.clone(),
-                node: self.node.clone(),
-                seqs,
-                lease_ids: Some(ids),
-                action: QueueAction::Release,
-            });
+            let cmd = self.held_cmd(QueueAction::Release);
             let _ = self.api.ask(&self.topic, cmd).await;
         }
+    }
+
+    /// A queue call about every job this connection holds.
+    fn held_cmd(&self, action: QueueAction) -> Command {
+        let (seqs, ids): (Vec<u64>, Vec<u64>) = self.held.iter().copied().unzip();
+        Command::Queue(QueueCmd {
+            topic: self.topic.clone(),
+            node: self.node.clone(),
+            seqs,
+            lease_ids: Some(ids),
+            action,
+        })
     }
 
     async fn serve(&mut self, sink: &mut SseSink) {
@@ -330,14 +335,7 @@ impl Worker {
             }
             // Which of our jobs are still ours (acked, nacked or expired ones are not).
             if !self.held.is_empty() {
-                let (seqs, ids): (Vec<u64>, Vec<u64>) = self.held.iter().copied().unzip();
-                let cmd = Command::Queue(QueueCmd {
-                    topic: self.topic.clone(),
-                    node: self.node.clone(),
-                    seqs,
-                    lease_ids: Some(ids),
-                    action: QueueAction::Held,
-                });
+                let cmd = self.held_cmd(QueueAction::Held);
                 match self.api.ask(&self.topic, cmd).await {
                     Ok(Reply::Queue(r)) => self.held.retain(|(s, _)| r.done.contains(s)),
                     _ => return,
