@@ -282,17 +282,49 @@ pub async fn open(api: &Api, wid: String, req: &Request) -> ApiResult {
 }
 
 /// Identifies a serialised record frame (`id:`, `event:` and `data:` lines): watchers at the
-/// same position with the same options and the same cursor map get byte-identical frames.
+/// same position with the same options and the same cursor map (which the `id:` encodes)
+/// get byte-identical frames.
 #[derive(PartialEq, Eq)]
 struct FrameKey {
-    id: String,
-    topic: String,
+    cursors: BTreeMap<String, u64>,
     from: u64,
     to: u64,
     head: u64,
     first: u64,
     count: usize,
     flags: u8,
+}
+
+/// A [`FrameKey`] borrowing the stream's state: a lookup allocates nothing.
+struct FrameKeyRef<'a> {
+    cursors: &'a BTreeMap<String, u64>,
+    from: u64,
+    to: u64,
+    head: u64,
+    first: u64,
+    count: usize,
+    flags: u8,
+}
+
+impl FrameKeyRef<'_> {
+    fn matches(&self, k: &FrameKey) -> bool {
+        (
+            self.from, self.to, self.head, self.first, self.count, self.flags,
+        ) == (k.from, k.to, k.head, k.first, k.count, k.flags)
+            && *self.cursors == k.cursors
+    }
+
+    fn to_owned(&self) -> FrameKey {
+        FrameKey {
+            cursors: self.cursors.clone(),
+            from: self.from,
+            to: self.to,
+            head: self.head,
+            first: self.first,
+            count: self.count,
+            flags: self.flags,
+        }
+    }
 }
 
 /// Recently serialised frames of this executor (a small most-recent-first list).
@@ -303,11 +335,11 @@ thread_local! {
         const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
 }
 
-fn frame_cache_get(key: &FrameKey) -> Option<Rc<Vec<u8>>> {
+fn frame_cache_get(key: &FrameKeyRef) -> Option<Rc<Vec<u8>>> {
     FRAMES.with(|f| {
         f.borrow()
             .iter()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| key.matches(k))
             .map(|(_, v)| v.clone())
     })
 }
@@ -327,7 +359,7 @@ enum Next {
 }
 
 enum Event {
-    Read { diff: DiffReply, first: bool },
+    Read { diff: Rc<DiffReply>, first: bool },
     Deleted,
     Failed(ShardError),
 }
@@ -398,6 +430,11 @@ impl Stream {
         let mut last_progress = Instant::now();
         let mut last_send = Instant::now();
         let mut dirty = false;
+        // One timer for the stream, re-armed only when it fired or must fire sooner (not on
+        // every frame): a frame that pushes the heartbeat out leaves it armed, and an early
+        // wake-up finds nothing due and re-arms it.
+        let mut timer_at = last_send + heartbeat;
+        let mut timer = glommio::timer::Timer::new(heartbeat);
         if sink.send(SSE_RETRY).await.is_ok() {
             loop {
                 let closed = sink.closed();
@@ -409,14 +446,15 @@ impl Stream {
                 } else {
                     heartbeat_at
                 };
+                if wake_at < timer_at {
+                    timer_at = wake_at;
+                    timer.reset(wake_at.saturating_duration_since(Instant::now()));
+                }
                 let next = futures_lite::future::or(
                     async { rx.recv().await.map(Next::Event) },
                     futures_lite::future::or(
                         async {
-                            glommio::timer::sleep(
-                                wake_at.saturating_duration_since(Instant::now()),
-                            )
-                            .await;
+                            (&mut timer).await;
                             Some(Next::Timer)
                         },
                         futures_lite::future::or(
@@ -437,7 +475,11 @@ impl Stream {
                 match next {
                     None => break,
                     Some(Next::Timer) => {
-                        if Instant::now() >= heartbeat_at {
+                        let now = Instant::now();
+                        // Re-armed for whatever is due next (below, at the loop's top).
+                        timer_at = now + heartbeat;
+                        timer.reset(heartbeat);
+                        if now >= heartbeat_at {
                             out.extend_from_slice(SSE_HEARTBEAT);
                         }
                     }
@@ -510,13 +552,13 @@ impl Stream {
                 true
             }
             Event::Read { diff, first } => {
-                self.on_read(idx, &topic, diff, first, out);
+                self.on_read(idx, &topic, &diff, first, out);
                 false
             }
         }
     }
 
-    fn on_read(&mut self, idx: usize, topic: &str, d: DiffReply, first: bool, out: &mut Vec<u8>) {
+    fn on_read(&mut self, idx: usize, topic: &str, d: &DiffReply, first: bool, out: &mut Vec<u8>) {
         if let Some(t) = &d.tombstone {
             let reason = if first && t.reason != "recreated" {
                 "from_seq_too_old"
@@ -558,8 +600,8 @@ impl Stream {
             };
             self.cursors.insert(topic.to_string(), to);
             let s = &self.spec;
-            let key = FrameKey {
-                topic: topic.to_string(),
+            let key = FrameKeyRef {
+                cursors: &self.cursors,
                 from,
                 to,
                 head: d.head_seq,
@@ -568,7 +610,6 @@ impl Stream {
                 flags: s.include_tags as u8
                     | (s.include_meta as u8) << 1
                     | (s.include_data as u8) << 2,
-                id: self.id(),
             };
             // Watchers at the same position share one serialisation (not with a node
             // filter, which makes the record set watcher-specific).
@@ -593,11 +634,12 @@ impl Stream {
                     .u64("to_seq", to)
                     .u64("head_seq", d.head_seq);
                 o.end();
-                let mut frame = Vec::with_capacity(data.len() + key.id.len() + 32);
-                sse_event(&mut frame, Some(&key.id), "record", &data);
+                let id = self.id();
+                let mut frame = Vec::with_capacity(data.len() + id.len() + 32);
+                sse_event(&mut frame, Some(&id), "record", &data);
                 let frame = Rc::new(frame);
                 if cacheable {
-                    frame_cache_put(key, frame.clone());
+                    frame_cache_put(key.to_owned(), frame.clone());
                 }
                 frame
             });
@@ -638,16 +680,24 @@ impl Reader {
     ) {
         let mut first = true;
         while !stop.get() {
-            let cmd = Command::Diff(DiffCmd {
+            let key = PollKey {
                 topic: self.topic.clone(),
                 from_seq: self.cursor,
                 limit: self.limit,
                 nodes: self.nodes.clone(),
-                wait_ms: if first { 0 } else { POLL_MS },
-                durable_only: self.strong,
-            });
-            let (ev, done) = match self.node.call_topic(&self.topic, cmd).await {
-                Reply::Diff(d) => {
+                strong: self.strong,
+            };
+            let result = if first {
+                // The first read answers at once; boxed so that the parked reader's task
+                // does not keep room for a call future.
+                Rc::new(PollResult::from(
+                    Box::pin(self.node.call_topic(&self.topic, key.diff_cmd(0))).await,
+                ))
+            } else {
+                shared_poll(&self.node, key).await
+            };
+            let (ev, done) = match &*result {
+                PollResult::Diff(d) => {
                     if !first
                         && d.records.is_empty()
                         && d.tombstone.is_none()
@@ -657,14 +707,11 @@ impl Reader {
                         continue;
                     }
                     self.cursor = d.next_from_seq;
-                    (Event::Read { diff: d, first }, false)
+                    let diff = d.clone();
+                    (Event::Read { diff, first }, false)
                 }
-                Reply::Err(ShardError::TopicNotFound) => (Event::Deleted, true),
-                Reply::Err(e) => (Event::Failed(e), true),
-                _ => (
-                    Event::Failed(ShardError::Storage("unexpected reply".into())),
-                    true,
-                ),
+                PollResult::Deleted => (Event::Deleted, true),
+                PollResult::Failed(e) => (Event::Failed(e.clone()), true),
             };
             first = false;
             if stop.get() || tx.send((self.idx, ev)).await.is_err() || done {
@@ -672,6 +719,102 @@ impl Reader {
             }
         }
     }
+}
+
+/// What one topic read is about: readers with equal keys get the same answer.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PollKey {
+    topic: String,
+    from_seq: u64,
+    limit: usize,
+    nodes: Vec<String>,
+    strong: bool,
+}
+
+impl PollKey {
+    fn diff_cmd(&self, wait_ms: u64) -> Command {
+        Command::Diff(DiffCmd {
+            topic: self.topic.clone(),
+            from_seq: self.from_seq,
+            limit: self.limit,
+            nodes: self.nodes.clone(),
+            wait_ms,
+            durable_only: self.strong,
+        })
+    }
+}
+
+/// The answer to a read, shared by every reader that waited for it.
+enum PollResult {
+    Diff(Rc<DiffReply>),
+    Deleted,
+    Failed(ShardError),
+}
+
+impl From<Reply> for PollResult {
+    fn from(reply: Reply) -> Self {
+        match reply {
+            Reply::Diff(d) => PollResult::Diff(Rc::new(d)),
+            Reply::Err(ShardError::TopicNotFound) => PollResult::Deleted,
+            Reply::Err(e) => PollResult::Failed(e),
+            _ => PollResult::Failed(ShardError::Storage("unexpected reply".into())),
+        }
+    }
+}
+
+/// One long-poll in flight on this executor and the readers waiting for its answer.
+#[derive(Default)]
+struct SharedPoll {
+    result: std::cell::RefCell<Option<Rc<PollResult>>>,
+    waiters: std::cell::RefCell<Vec<std::task::Waker>>,
+}
+
+thread_local! {
+    /// Long-polls in flight on this executor: the readers of all streams that follow a
+    /// topic from the same position (and with the same options) share one read of the
+    /// owning shard, so an append wakes one long-poll per position, not one per stream,
+    /// and the shard holds one listener for all of them.
+    static POLLS: std::cell::RefCell<std::collections::HashMap<PollKey, Rc<SharedPoll>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Long-polls the topic's owner from `key.from_seq`, joining a poll in flight for the same
+/// key if there is one. The poll runs in its own task, so a reader that goes away (its
+/// stream closed) never strands the others.
+async fn shared_poll(node: &Rc<Node>, key: PollKey) -> Rc<PollResult> {
+    let (poll, new) = POLLS.with(|p| {
+        let mut p = p.borrow_mut();
+        if let Some(poll) = p.get(&key) {
+            return (poll.clone(), false);
+        }
+        let poll = Rc::new(SharedPoll::default());
+        p.insert(key.clone(), poll.clone());
+        (poll, true)
+    });
+    if new {
+        // Spawned outside the map's borrow: the task may remove its key at any point.
+        let (node, poll) = (node.clone(), poll.clone());
+        glommio::spawn_local(async move {
+            let reply = node.call_topic(&key.topic, key.diff_cmd(POLL_MS)).await;
+            POLLS.with(|p| p.borrow_mut().remove(&key));
+            *poll.result.borrow_mut() = Some(Rc::new(PollResult::from(reply)));
+            for w in poll.waiters.take() {
+                w.wake();
+            }
+        })
+        .detach();
+    }
+    std::future::poll_fn(|cx| {
+        if let Some(r) = &*poll.result.borrow() {
+            return std::task::Poll::Ready(r.clone());
+        }
+        let mut waiters = poll.waiters.borrow_mut();
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]
