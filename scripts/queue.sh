@@ -4,8 +4,10 @@
 # each queue class (`disk`, `fsync`) runs, each on a fresh server with a fresh data dir pinned
 # like round 1 of load.sh (server on CPU 0 with --shards 1, load generator on CPU 1):
 #
-#   topics-load --workload queue-rt                          claim max 1 -> ack, as fast as it goes
+#   topics-load --workload queue-rt                          claim max 1 -> ack, as fast as it goes,
+#                                                            on a big pre-filled backlog
 #   topics-load --workload queue-rt --claim-max CLAIM_BATCH  claim K -> ack K in one call
+#   the same two with --refill REFILL                        a small backlog kept topped up
 #   topics-load --workload queue-latency --rate RATE         producer at RATE, long-polling workers
 #
 # prints one Markdown report and writes it and the raw JSON to OUT_DIR/queue-latest.{md,json}.
@@ -13,7 +15,7 @@
 #   scripts/queue.sh                   # everything, 10 s per measured run
 #   DURATION=3 QUIET_WAIT=5 scripts/queue.sh
 #
-# Environment: DURATION (10), WARMUP (1), WORKERS (16), RATE (5000), CLAIM_BATCH (16),
+# Environment: DURATION (10), WARMUP (1), WORKERS (16), RATE (5000), CLAIM_BATCH (16), REFILL (20000),
 # WAIT_MS (1000: the latency workers' long poll), PORT (4781), OUT_DIR (perf/results),
 # CARGO_TARGET_DIR (target), LOAD_ARGS (extra topics-load flags), QUIET_WAIT (60: seconds to
 # wait before each run for other work on the machine to stop), TOPICS_SERVER (a prebuilt
@@ -26,17 +28,18 @@ WARMUP=${WARMUP:-1}
 WORKERS=${WORKERS:-16}
 RATE=${RATE:-5000}
 CLAIM_BATCH=${CLAIM_BATCH:-16}
+REFILL=${REFILL:-20000}
 WAIT_MS=${WAIT_MS:-1000}
 PORT=${PORT:-4781}
 OUT_DIR=${OUT_DIR:-$ROOT/perf/results}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 LOAD_ARGS=${LOAD_ARGS:-}
 QUIET_WAIT=${QUIET_WAIT:-60}
-COMMAND="DURATION=$DURATION WORKERS=$WORKERS RATE=$RATE scripts/queue.sh${*:+ $*}"
+COMMAND="DURATION=$DURATION WORKERS=$WORKERS RATE=$RATE CLAIM_BATCH=$CLAIM_BATCH REFILL=$REFILL QUIET_WAIT=$QUIET_WAIT${TOPICS_SERVER:+ TOPICS_SERVER=$TOPICS_SERVER}${LOAD_ARGS:+ LOAD_ARGS=\"$LOAD_ARGS\"} scripts/queue.sh${*:+ $*}"
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "queue.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -73,6 +76,11 @@ else
     log "building release binaries (cargo build --release --workspace)"
     (cd "$ROOT" && cargo build --release --workspace --quiet)
 fi
+# What the binaries were built from (others may commit or edit while the runs go on).
+BUILT_HEAD=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+BUILT_PATHS=(perf/src perf/Cargo.toml Cargo.toml Cargo.lock)
+[ -z "${TOPICS_SERVER:-}" ] && BUILT_PATHS+=(src shards)
+BUILT_DIRTY=$(git -C "$ROOT" status --porcelain -- "${BUILT_PATHS[@]}" 2>/dev/null | awk '{print $2}' | paste -sd ' ' -)
 SERVER=${TOPICS_SERVER:-$TARGET_DIR/release/topics}
 LOAD=$TARGET_DIR/release/topics-load
 for bin in "$SERVER" "$LOAD"; do
@@ -205,17 +213,20 @@ BUSY_AT_START=$BUSY_BEFORE
 for class in disk fsync; do
     run "$class" --workload queue-rt --claim-max 1
     run "$class" --workload queue-rt --claim-max "$CLAIM_BATCH"
+    run "$class" --workload queue-rt --claim-max 1 --refill "$REFILL"
+    run "$class" --workload queue-rt --claim-max "$CLAIM_BATCH" --refill "$REFILL"
     run "$class" --workload queue-latency --rate "$RATE" --claim-max "$CLAIM_BATCH" --wait-ms "$WAIT_MS"
 done
 
 # Machine, commit, and the document.
 MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+COMMIT=$BUILT_HEAD
+if [ -n "$BUILT_DIRTY" ]; then COMMIT="$COMMIT (built with uncommitted changes to $BUILT_DIRTY)"; fi
 if [ -n "${TOPICS_SERVER:-}" ]; then
     COMMIT="load generator at $COMMIT; server binary $TOPICS_SERVER (prebuilt${TOPICS_SERVER_COMMIT:+ from commit $TOPICS_SERVER_COMMIT})"
-elif [ -n "$(git -C "$ROOT" status --porcelain -- src shards perf Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-    COMMIT="$COMMIT (with uncommitted changes)"
 fi
+HEAD_NOW=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ "$HEAD_NOW" != "$BUILT_HEAD" ]; then COMMIT="$COMMIT; HEAD moved to $HEAD_NOW during the runs (not measured)"; fi
 PROBLEMS=$(grep -cE '(ERROR|WARN|panicked)' "$SERVER_LOG" || true)
 FIRST_PROBLEM=$(grep -m1 -E '(ERROR|WARN|panicked)' "$SERVER_LOG" || true)
 
@@ -230,7 +241,8 @@ jq -s --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg nproc "$(nproc)" --arg m
         commit: $commit, command: $command, server: $server,
         load: "topics-load --cpu 1 (one executor pinned to CPU 1)",
         settings: {duration_s: '"$DURATION"', warmup_s: '"$WARMUP"', workers: '"$WORKERS"',
-                   rate: '"$RATE"', claim_batch: '"$CLAIM_BATCH"', wait_ms: '"$WAIT_MS"'},
+                   rate: '"$RATE"', claim_batch: '"$CLAIM_BATCH"', wait_ms: '"$WAIT_MS"',
+                   refill: '"$REFILL"'},
         server_log: {problem_lines: ($problems | tonumber), first: $first_problem},
         reports: .
     }' "$RUNS" >"$OUT_DIR/queue-latest.json"
@@ -269,12 +281,12 @@ def lat_checks($ok): [
 "",
 "### claim + ack round trips, \($s.workers) workers (each its own `node`), as fast as the server answers",
 "",
-"Each worker loops `claim {max: K}` → one `ack` of what it got (with the `lease_id`s) on a queue pre-filled with jobs; a round trip is one claim + ack pair. *Server reads* is what the server read from storage (`/proc/<pid>/io` `read_bytes`) per job claimed: jobs already moved from the hot tail to segment files are read back from disk.",
+"Each worker loops `claim {max: K}` → one `ack` of what it got (with the `lease_id`s); a round trip is one claim + ack pair. *Backlog*: either one big pre-fill (enough jobs for the whole run, 256 B each; the server moves a backlog that size from its hot tail to segment files, see *server reads*), or a small backlog kept topped up (`--refill N`: a feeder connection appends 1000 jobs whenever a claim saw fewer than N ready; its appends are part of the server load). *Server reads* is what the server read from storage (`/proc/<pid>/io` `read_bytes`) per job claimed.",
 "",
-"| queue | K | round trips/s | jobs/s | claim p50 / p99 | ack p50 / p99 | pair p50 / p99 | server-reported claim / ack p50 | server reads per job | CPU cores: server / load / rest | errors | checks |",
-"|---|---|---|---|---|---|---|---|---|---|---|---|",
+"| queue | K | backlog | round trips/s | jobs/s | claim p50 / p99 | ack p50 / p99 | pair p50 / p99 | server-reported claim / ack p50 | server reads per job | CPU cores: server / load / rest | errors | checks |",
+"|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 (.reports[] | select(.workload == "queue-rt") as $r | $r.runs[] |
-  "| `\($r.class)` | \($r.params.claim_max) | **\(.round_trips_per_s | num)** | \(.jobs_per_s | num) | \(.claim_p50_us | lat) / \(.claim_p99_us | lat) | \(.ack_p50_us | lat) / \(.ack_p99_us | lat) | \(.p50_us | lat) / \(.p99_us | lat) | \(.claim_server_total_ms_p50 | ms) / \(.ack_server_total_ms_p50 | ms)" + (if .ack_fsync_ms_p50 then " (fsync \(.ack_fsync_ms_p50 | ms))" else "" end) + " | \(.server_read_bytes_per_job | kib) (\((.server_read_bytes // 0) / 1048576 | round) MiB) | \($r.cpu | cores) | \(errs) | \(rt_checks); \($r.params.prefilled | num) jobs pre-filled |"),
+  "| `\($r.class)` | \($r.params.claim_max) | " + (if $r.params.refill_below then "kept ≥ \($r.params.refill_below | num) ready (\(.refilled_jobs | num) jobs refilled)" else "\($r.params.prefilled | num) pre-filled" end) + " | **\(.round_trips_per_s | num)** | \(.jobs_per_s | num) | \(.claim_p50_us | lat) / \(.claim_p99_us | lat) | \(.ack_p50_us | lat) / \(.ack_p99_us | lat) | \(.p50_us | lat) / \(.p99_us | lat) | \(.claim_server_total_ms_p50 | ms) / \(.ack_server_total_ms_p50 | ms)" + (if (.ack_fsync_ms_p50 // 0) > 0 then " (fsync \(.ack_fsync_ms_p50 | ms))" else "" end) + " | \(.server_read_bytes_per_job | kib) (\((.server_read_bytes // 0) / 1048576 | round) MiB) | \($r.cpu | cores) | \(errs) | \(rt_checks) |"),
 "",
 "### end-to-end job latency at a steady \($s.rate | num) jobs/s, \($s.workers) long-polling workers",
 "",

@@ -111,6 +111,10 @@ pub struct Args {
     /// queue-latency 16].
     #[arg(long)]
     pub claim_max: Option<usize>,
+    /// queue-rt: keep the backlog small and recent instead of one big pre-fill: pre-fill
+    /// this many + 1000 jobs, then append 1000 more whenever a claim saw fewer ready.
+    #[arg(long)]
+    pub refill: Option<u64>,
     /// How long a queue-latency claim long-polls for work, in ms.
     #[arg(long, default_value_t = 1000)]
     pub wait_ms: u64,

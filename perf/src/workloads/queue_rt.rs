@@ -6,7 +6,14 @@
 //! and of the pair, what the server said it spent on each, and the queue's counts before and
 //! after (what was acked must have left it). A claim that comes back empty means the
 //! pre-fill ran dry: counted in `empty_claims`, the figures are then not a measurement.
+//!
+//! A large pre-fill outgrows the server's hot tail: its jobs are moved to segment files and
+//! every claim reads them back from disk (`server_read_bytes_per_job`). `--refill N` measures
+//! a queue that keeps up instead: N + 1000 jobs pre-filled, then a feeder connection appends
+//! another 1000 whenever the `ready` count of the last claim answer fell below N, so the
+//! backlog stays small and recent (the feeder's appends are part of the server's load).
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,9 +22,9 @@ use serde_json::json;
 
 use super::queue::{
     ack_request, claim_request, fresh_queue, insert_server_ms, prefill, queue_name, queue_state,
-    scan_ack, scan_claimed,
+    scan_ack, scan_claimed, PREFILL_BATCH,
 };
-use super::{durability, params, topic_path};
+use super::{append_body, durability, params, topic_path};
 use crate::client::{json_number, json_u64, Client, Target};
 use crate::exec::Window;
 use crate::procfs;
@@ -88,6 +95,22 @@ struct Plan {
     topic: String,
     workers: usize,
     claim_max: usize,
+    record_bytes: usize,
+    /// `--refill`: the `ready` count below which the feeder appends another batch.
+    refill: Option<u64>,
+    /// The `ready` count of the latest claim answer.
+    ready: AtomicU64,
+    /// Workers still running (the feeder stops with the last one).
+    running: AtomicUsize,
+}
+
+/// What the feeder appended.
+#[derive(Default)]
+struct Fed {
+    jobs: u64,
+    requests: u64,
+    errors: u64,
+    first_error: Option<String>,
 }
 
 pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
@@ -96,14 +119,13 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
     let claim_max = args.claim_max.unwrap_or(1).clamp(1, 1000);
     let topic = queue_name(&args.topic_prefix, "qrt", class);
     let total_s = (args.warmup() + args.duration()).as_secs_f64();
-    let jobs = args.records.unwrap_or_else(|| {
-        ((PREFILL_PER_SECOND * claim_max.min(8) as u64) as f64 * total_s.max(1.0)) as u64
-    });
-    let jobs = jobs.max(if args.records.is_some() {
-        1
-    } else {
-        MIN_PREFILL
-    });
+    let jobs = match (args.records, args.refill) {
+        (Some(n), _) => n.max(1),
+        (None, Some(low)) => low + PREFILL_BATCH as u64,
+        (None, None) => (((PREFILL_PER_SECOND * claim_max.min(8) as u64) as f64 * total_s.max(1.0))
+            as u64)
+            .max(MIN_PREFILL),
+    };
 
     let cpus = args.cpus();
     let (t, q, bytes) = (target.clone(), topic.clone(), args.record_bytes);
@@ -122,6 +144,10 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
         topic: topic.clone(),
         workers,
         claim_max,
+        record_bytes: args.record_bytes,
+        refill: args.refill,
+        ready: AtomicU64::new(before.ready.unwrap_or(prefilled)),
+        running: AtomicUsize::new(workers),
     });
     let window = Window::new(args.warmup(), args.duration());
     let read_before = pid.and_then(procfs::io_read_bytes);
@@ -129,6 +155,8 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
     let parts = cpus.run_all(move |index, count| {
         let (plan, target) = (plan.clone(), t.clone());
         async move {
+            let feeder = (index == 0 && plan.refill.is_some())
+                .then(|| glommio::spawn_local(feed(target.clone(), plan.clone())));
             let tasks: Vec<_> = (index..plan.workers)
                 .step_by(count)
                 .map(|i| glommio::spawn_local(worker(target.clone(), plan.clone(), i, window)))
@@ -137,12 +165,21 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
             for task in tasks {
                 side.merge(&task.await);
             }
-            side
+            let fed = match feeder {
+                Some(task) => task.await,
+                None => Fed::default(),
+            };
+            (side, fed)
         }
     })?;
     let mut side = Side::new();
-    for part in &parts {
-        side.merge(part);
+    let mut fed = Fed::default();
+    for (part, f) in parts {
+        side.merge(&part);
+        fed.jobs += f.jobs;
+        fed.requests += f.requests;
+        fed.errors += f.errors;
+        fed.first_error = fed.first_error.or(f.first_error);
     }
     let read_after = pid.and_then(procfs::io_read_bytes);
     let (t, q) = (target.clone(), topic.clone());
@@ -216,17 +253,27 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
     );
     f.insert("queue_before".into(), before.to_json());
     f.insert("queue_after".into(), after.to_json());
-    let expected_left = prefilled.saturating_sub(side.acked_total);
+    let expected_left = (prefilled + fed.jobs).saturating_sub(side.acked_total);
+    if args.refill.is_some() {
+        f.insert("refilled_jobs".into(), json!(fed.jobs));
+        f.insert("refill_appends".into(), json!(fed.requests));
+        f.insert("refill_errors".into(), json!(fed.errors));
+    }
     let consistent = after.count == Some(expected_left)
         && after.ready == Some(expected_left)
         && after.in_flight == Some(0);
     f.insert("expected_left".into(), json!(expected_left));
     f.insert("consistent".into(), json!(consistent));
-    let errors = side.claim.errors() + side.ack.errors() + side.unreadable;
+    let errors = side.claim.errors() + side.ack.errors() + side.unreadable + fed.errors;
     f.insert("errors".into(), json!(errors));
     f.insert("claim_errors".into(), json!(side.claim.errors()));
     f.insert("ack_errors".into(), json!(side.ack.errors()));
-    if let Some(e) = side.claim.first_error.or(side.ack.first_error) {
+    if let Some(e) = side
+        .claim
+        .first_error
+        .or(side.ack.first_error)
+        .or(fed.first_error)
+    {
         f.insert("first_error".into(), json!(e));
     }
     if side.empty_claims > 0 {
@@ -246,16 +293,19 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
     p.insert("workers".into(), json!(workers));
     p.insert("claim_max".into(), json!(claim_max));
     p.insert("prefilled".into(), json!(prefilled));
+    p.insert("refill_below".into(), json!(args.refill));
     p.insert("prefill_s".into(), json!(round(fill_s, 3)));
     p.insert(
         "prefill_jobs_per_s".into(),
         json!(round(prefilled as f64 / fill_s.max(1e-9), 1)),
     );
-    let name = if claim_max == 1 {
-        class.name().to_string()
-    } else {
-        format!("{} claim-max {claim_max}", class.name())
-    };
+    let mut name = class.name().to_string();
+    if claim_max > 1 {
+        name.push_str(&format!(" claim-max {claim_max}"));
+    }
+    if let Some(low) = args.refill {
+        name.push_str(&format!(" refill {low}"));
+    }
     Ok(Report::new(
         "queue-rt",
         &args.url,
@@ -290,6 +340,9 @@ async fn worker(target: Target, plan: Arc<Plan>, i: usize, window: Window) -> Si
                     .filter(|c| c.deliveries.is_some_and(|d| d > 1))
                     .count() as u64;
                 side.claimed_total += jobs.len() as u64;
+                if let Some(ready) = json_u64(body, "ready") {
+                    plan.ready.store(ready, Relaxed);
+                }
                 if json_u64(body, "count") != Some(jobs.len() as u64) {
                     side.unreadable += 1;
                     side.claim.first_error.get_or_insert_with(|| {
@@ -353,5 +406,49 @@ async fn worker(target: Target, plan: Arc<Plan>, i: usize, window: Window) -> Si
             Err(e) => side.ack.io_error(&e),
         }
     }
+    plan.running.fetch_sub(1, Relaxed);
     side
+}
+
+/// The feeder of `--refill`: appends a batch whenever the last claim saw fewer than the
+/// low-water mark ready, until the last worker stops.
+async fn feed(target: Target, plan: Arc<Plan>) -> Fed {
+    let mut fed = Fed::default();
+    let Some(low) = plan.refill else {
+        return fed;
+    };
+    let mut client = Client::new(target.clone());
+    let path = format!("{}?return_seqs=false", topic_path(&plan.topic));
+    let mut next_id = 0u64;
+    while plan.running.load(Relaxed) > 0 {
+        if plan.ready.load(Relaxed) >= low {
+            glommio::timer::sleep(Duration::from_micros(500)).await;
+            continue;
+        }
+        let body = append_body(PREFILL_BATCH, plan.record_bytes, next_id);
+        next_id += PREFILL_BATCH as u64;
+        let req = target.request("POST", &path, Some(&body));
+        fed.requests += 1;
+        match client.send(&req).await {
+            Ok(status) if (200..300).contains(&status) => {
+                fed.jobs += PREFILL_BATCH as u64;
+                // Counted as ready until a claim answer says otherwise.
+                plan.ready.fetch_add(PREFILL_BATCH as u64, Relaxed);
+            }
+            Ok(status) => {
+                fed.errors += 1;
+                let b = client.body();
+                let text = String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned();
+                fed.first_error
+                    .get_or_insert(format!("refill append: HTTP {status}: {text}"));
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => {
+                fed.errors += 1;
+                fed.first_error.get_or_insert(format!("refill append: {e}"));
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    fed
 }
