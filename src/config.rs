@@ -48,6 +48,21 @@ pub struct Config {
     #[arg(long, env = "TOPICS_CHECKPOINT_INTERVAL_MS", default_value_t = 30_000)]
     pub checkpoint_interval_ms: u64,
 
+    /// API keys, comma-separated: `key`, `key:scopes`, `key:scopes:prefixes`, `key::prefixes`
+    /// (scopes read, write, delete, admin or r, w, d, a, rw joined by `+`; topic prefixes
+    /// joined by `|`). None: auth off.
+    #[arg(long, env = "TOPICS_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// Start without API keys on a non-loopback address (anyone who can connect has every
+    /// right).
+    #[arg(long, env = "TOPICS_ALLOW_INSECURE_NO_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_insecure_no_auth: bool,
+
+    /// Require a key on /v0/health and /v0/ready too.
+    #[arg(long, env = "TOPICS_PROBE_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub probe_auth: bool,
+
     /// Most watch sessions at once (0 = unlimited); past it `POST /v0/watch` gets 429.
     #[arg(long, env = "TOPICS_MAX_WATCH_SESSIONS", default_value_t = 10_000)]
     pub max_watch_sessions: usize,

@@ -40,6 +40,9 @@ pub struct Global {
     pub shutting_down: AtomicBool,
     /// Executors that have finished their requests and streams during a drain.
     pub quiesced: AtomicUsize,
+    /// API keys (empty: auth off).
+    pub keys: crate::api::auth::Keys,
+    pub probe_auth: bool,
 }
 
 impl Global {
@@ -262,7 +265,33 @@ fn refuse_if_listening(host: &str, port: u16) -> Result<(), String> {
     }
 }
 
+/// Whether `host` names only this machine.
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub fn run(cfg: Config) -> Result<(), String> {
+    let keys = crate::api::auth::Keys::parse(cfg.api_keys.as_deref().unwrap_or(""))?;
+    if keys.enabled() {
+        log::info!("auth on: {} API key(s)", keys.len());
+    } else if is_loopback(&cfg.host) {
+        log::warn!(
+            "AUTH IS OFF: no API keys (--api-keys / TOPICS_API_KEYS); every client has every right"
+        );
+    } else if cfg.allow_insecure_no_auth {
+        log::warn!(
+            "AUTH IS OFF on non-loopback address {}: --allow-insecure-no-auth is set and no API keys are configured",
+            cfg.host
+        );
+    } else {
+        return Err(format!(
+            "refusing to listen on {} without API keys: set --api-keys (TOPICS_API_KEYS), bind a loopback address, or pass --allow-insecure-no-auth",
+            cfg.host
+        ));
+    }
     let shards = cfg.shard_count();
     check_layout(&cfg.data_dir, shards)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
@@ -292,6 +321,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
         started: Instant::now(),
         shutting_down: AtomicBool::new(false),
         quiesced: AtomicUsize::new(0),
+        keys,
+        probe_auth: cfg.probe_auth,
     });
     install_signal_handler(global.clone())?;
     let mesh = MeshBuilder::<Envelope, _>::full(shards, 1024);

@@ -32,6 +32,8 @@ pub enum Command {
         prefix: String,
         after: Option<String>,
         limit: usize,
+        /// Only topics starting with one of these (an API key's allowlist).
+        allowed: Option<Vec<String>>,
     },
     DeleteTopic {
         topic: String,

@@ -459,7 +459,8 @@ impl Shard {
                 prefix,
                 after,
                 limit,
-            } => Ok(self.list_topics(&prefix, after.as_deref(), limit)),
+                allowed,
+            } => Ok(self.list_topics(&prefix, after.as_deref(), limit, allowed.as_deref())),
             Command::DeleteTopic { topic, if_empty } => self.delete_topic(topic, if_empty).await,
             Command::Append(a) => self.append(a).await,
             Command::Diff(d) => self.diff(d).await,
@@ -560,7 +561,13 @@ impl Shard {
         })))
     }
 
-    fn list_topics(&self, prefix: &str, after: Option<&str>, limit: usize) -> Reply {
+    fn list_topics(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        allowed: Option<&[String]>,
+    ) -> Reply {
         let mut topics = self.topics.borrow_mut();
         // Expiry is applied lazily by topic reads and by the sweeper; the list shows the
         // state as of the last sweep (at most a second old).
@@ -571,6 +578,9 @@ impl Shard {
         let out = topics
             .range_mut((start, Bound::Unbounded))
             .take_while(|(name, _)| name.starts_with(prefix))
+            .filter(|(name, _)| {
+                allowed.is_none_or(|a| a.iter().any(|p| name.starts_with(p.as_str())))
+            })
             .take(limit)
             .map(|(name, t)| TopicSummary {
                 topic: name.clone(),

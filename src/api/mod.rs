@@ -2,6 +2,7 @@
 //! requests and shard commands. No storage details here: handlers build a
 //! [`shards::Command`], send it to the owning shard and shape its [`shards::Reply`].
 
+pub mod auth;
 mod errors;
 pub mod json;
 mod ops;
@@ -232,8 +233,22 @@ impl Api {
         }
     }
 
+    /// The caller's rights; `sse_get` allows `?token=`.
+    fn principal(&self, req: &Request, sse_get: bool) -> Result<auth::Principal, ApiError> {
+        self.node.global.keys.authenticate(req, sse_get)
+    }
+
     async fn route(&self, req: Request, start: Instant) -> ApiResult {
+        use auth::{ADMIN, DELETE, READ, WRITE};
         let path = req.path.as_str();
+        let sse_get =
+            req.method == "GET" && (path.starts_with("/v0/watch/") || path.ends_with("/work"));
+        let probe = matches!(path, "/v0/health" | "/healthz" | "/v0/ready" | "/readyz");
+        let who = if probe && !self.node.global.probe_auth {
+            auth::Principal::anyone()
+        } else {
+            self.principal(&req, sse_get)?
+        };
         match path {
             "/v0/health" | "/healthz" => {
                 allow(&req, "GET")?;
@@ -245,11 +260,20 @@ impl Api {
             }
             "/v0/topics" => {
                 allow(&req, "GET")?;
+                who.require(READ, &[])?;
                 self.require_ready()?;
-                topics::list(self, &req, start).await
+                topics::list(self, &req, start, &who).await
             }
             "/v0/watch" => {
                 allow(&req, "POST")?;
+                who.require(READ, &[])?;
+                // The watched topics must all be inside the key's prefixes.
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&req.body) {
+                    if let Some(m) = v.get("topics").and_then(|t| t.as_object()) {
+                        let names: Vec<&str> = m.keys().map(String::as_str).collect();
+                        who.require(READ, &names)?;
+                    }
+                }
                 self.require_ready()?;
                 watch::create(self, &req, start).await
             }
@@ -259,13 +283,15 @@ impl Api {
                     return Err(ApiError::route_not_found(path));
                 }
                 allow(&req, "GET")?;
+                who.require(READ, &[])?;
                 self.require_ready()?;
                 watch::open(self, wid.to_string(), &req).await
             }
             "/v0/routers" => {
                 allow(&req, "GET")?;
+                who.require(READ, &[])?;
                 self.require_ready()?;
-                routers::list(self, &req, start).await
+                routers::list(self, &req, start, &who).await
             }
             _ if path.starts_with("/v0/routers/") => {
                 let name = &path["/v0/routers/".len()..];
@@ -273,13 +299,28 @@ impl Api {
                     return Err(ApiError::route_not_found(path));
                 }
                 allow(&req, "GET, PUT, DELETE")?;
+                match req.method.as_str() {
+                    "GET" => who.require(READ, &[])?,
+                    "PUT" => {
+                        who.require(ADMIN, &[])?;
+                        // Source and dest must be inside the key's prefixes.
+                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&req.body) {
+                            let names: Vec<&str> = ["source", "dest"]
+                                .iter()
+                                .filter_map(|k| v.get(*k).and_then(|x| x.as_str()))
+                                .collect();
+                            who.require(ADMIN, &names)?;
+                        }
+                    }
+                    _ => who.require(DELETE, &[])?,
+                }
                 self.require_ready()?;
                 routers::check_router_name(name)?;
                 let name = name.to_string();
                 match req.method.as_str() {
-                    "GET" => routers::get(self, name, start).await,
+                    "GET" => routers::get(self, name, start, &who).await,
                     "PUT" => routers::put(self, name, &req, start).await,
-                    _ => routers::delete(self, name, start).await,
+                    _ => routers::delete(self, name, start, &who).await,
                 }
             }
             _ => {
@@ -300,6 +341,14 @@ impl Api {
                     Some("work") => allow(&req, "GET")?,
                     Some(_) => return Err(ApiError::route_not_found(path)),
                 }
+                let need = match (action, req.method.as_str()) {
+                    (None, "GET") | (Some("diff"), _) => READ,
+                    (None, "PUT") => ADMIN,
+                    (None, "DELETE") | (Some("delete"), _) => DELETE,
+                    (Some("claim"), _) | (Some("work"), _) => READ | WRITE,
+                    _ => WRITE,
+                };
+                who.require(need, &[name])?;
                 self.require_ready()?;
                 check_topic_name(name)?;
                 let name = name.to_string();

@@ -3,6 +3,7 @@
 //! A router lives on its source topic's shard; changes go through shard 0, which validates
 //! them against every router (cycles, fan-in) before installing. Reads fan out to all shards.
 
+use super::auth::Principal;
 use super::json::Obj;
 use super::records::parse_match;
 use super::{
@@ -148,13 +149,22 @@ pub async fn put(api: &Api, name: String, req: &Request, start: Instant) -> ApiR
     Ok(json_response(if created { 201 } else { 200 }, body))
 }
 
-pub async fn get(api: &Api, name: String, start: Instant) -> ApiResult {
+/// The router `name`, if it exists and `who` may see both its topics.
+async fn find(api: &Api, name: &str, who: &Principal) -> Result<Option<RouterInfo>, ApiError> {
     let f = RouterFilter {
-        name: Some(name.clone()),
+        name: Some(name.to_string()),
         limit: 1,
         ..Default::default()
     };
-    let Some(info) = gather(api, f).await?.into_iter().next() else {
+    Ok(gather(api, f)
+        .await?
+        .into_iter()
+        .next()
+        .filter(|r| who.may_see(&r.config.source) && who.may_see(&r.config.dest)))
+}
+
+pub async fn get(api: &Api, name: String, start: Instant, who: &Principal) -> ApiResult {
+    let Some(info) = find(api, &name, who).await? else {
         return Err(ApiError::router_not_found(&name));
     };
     let mut body = Vec::with_capacity(384);
@@ -166,7 +176,15 @@ pub async fn get(api: &Api, name: String, start: Instant) -> ApiResult {
     Ok(json_response(200, body))
 }
 
-pub async fn delete(api: &Api, name: String, start: Instant) -> ApiResult {
+pub async fn delete(api: &Api, name: String, start: Instant, who: &Principal) -> ApiResult {
+    if who.restricted() && find(api, &name, who).await?.is_none() {
+        // Unknown, or naming topics outside the key's prefixes: nothing it may delete.
+        return Err(ApiError::new(
+            403,
+            "forbidden",
+            format!("this key may not delete router {name:?}"),
+        ));
+    }
     let mut deleted = false;
     for s in 0..api.node.shards() {
         let cmd = Command::DeleteRouter { name: name.clone() };
@@ -184,7 +202,7 @@ pub async fn delete(api: &Api, name: String, start: Instant) -> ApiResult {
     Ok(json_response(200, body))
 }
 
-pub async fn list(api: &Api, req: &Request, start: Instant) -> ApiResult {
+pub async fn list(api: &Api, req: &Request, start: Instant, who: &Principal) -> ApiResult {
     let (page_size, after) = page(req)?;
     let f = RouterFilter {
         name: None,
@@ -192,9 +210,15 @@ pub async fn list(api: &Api, req: &Request, start: Instant) -> ApiResult {
         source: req.query_param("source"),
         dest: req.query_param("dest"),
         after,
-        limit: page_size + 1,
+        // With a prefix allowlist, filter everything (routers are capped at 10,000) first.
+        limit: if who.restricted() {
+            usize::MAX
+        } else {
+            page_size + 1
+        },
     };
     let mut all = gather(api, f).await?;
+    all.retain(|r| who.may_see(&r.config.source) && who.may_see(&r.config.dest));
     let more = all.len() > page_size;
     all.truncate(page_size);
     let mut body = Vec::with_capacity(64 + all.len() * 128);

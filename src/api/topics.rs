@@ -1,5 +1,6 @@
 //! The control plane: `PUT/GET/DELETE /v0/topics/:topic` and `GET /v0/topics`.
 
+use super::auth::Principal;
 use super::json::Obj;
 use super::{
     check_topic_name, json_body, json_response, parse, query_bool, Api, ApiError, ApiResult, Perf,
@@ -207,7 +208,7 @@ pub async fn delete(api: &Api, topic: String, req: &Request, start: Instant) -> 
     Ok(json_response(200, body))
 }
 
-pub async fn list(api: &Api, req: &Request, start: Instant) -> ApiResult {
+pub async fn list(api: &Api, req: &Request, start: Instant, who: &Principal) -> ApiResult {
     let prefix = req.query_param("prefix").unwrap_or_default();
     let (page_size, after) = page(req)?;
     let shards = api.node.shards();
@@ -217,6 +218,7 @@ pub async fn list(api: &Api, req: &Request, start: Instant) -> ApiResult {
             prefix: prefix.clone(),
             after: after.clone(),
             limit: page_size + 1,
+            allowed: who.prefixes().map(<[String]>::to_vec),
         };
         match api.node.call(s, cmd).await {
             Reply::List(l) => all.extend(l),
