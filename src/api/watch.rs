@@ -517,7 +517,8 @@ impl Stream {
             cursors: self.cursors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             close,
         };
-        let _ = self.node.call(self.owner, cmd).await;
+        // Boxed: a parked stream's future keeps no room for a call in flight.
+        let _ = Box::pin(self.node.call(self.owner, cmd)).await;
     }
 
     /// Turns one reader event into frames; returns true when the stream must end.

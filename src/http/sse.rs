@@ -39,8 +39,9 @@ const CLOSE_GRACE: Duration = Duration::from_millis(300);
 /// Input after a streaming request is read and discarded; a peer sending more than this is
 /// treated as gone.
 const MAX_DISCARD: usize = 1024 * 1024;
-/// Read size for discarded input.
-const DISCARD_BUF: usize = 1024;
+/// Read size for discarded input: small, as it lives in every idle stream's task (peers
+/// of a stream rarely send anything).
+const DISCARD_BUF: usize = 128;
 
 /// The body of a streaming response: called once with the connection's sink, after the
 /// head is written; the connection closes when the returned future ends. Runs on the
