@@ -134,7 +134,7 @@ impl Node {
         self.global.shards
     }
 
-    fn local(&self) -> Option<Rc<Shard>> {
+    pub fn local(&self) -> Option<Rc<Shard>> {
         self.shard.borrow().clone()
     }
 

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod event;
 pub mod mesh;
+pub mod metrics;
 pub mod ops;
 pub mod queue;
 pub mod router;

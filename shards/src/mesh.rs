@@ -79,6 +79,8 @@ pub enum Command {
         cursors: Vec<(String, u64)>,
         close: bool,
     },
+    /// This core's figures for `/v0/metrics`.
+    Stats,
     /// Queues (SPEC §7).
     Claim(ClaimCmd),
     Queue(QueueCmd),
@@ -205,6 +207,7 @@ impl Command {
             Command::Queue(c) => Some(&c.topic),
             Command::InstallRouter { config, .. } => Some(&config.source),
             Command::ListTopics { .. }
+            | Command::Stats
             | Command::PutRouter { .. }
             | Command::ListRouters(_)
             | Command::DeleteRouter { .. }
@@ -297,6 +300,7 @@ pub enum Reply {
     WatchOk,
     Watch(Box<crate::watch::WatchSpec>),
     Claimed(ClaimReply),
+    Stats(Box<crate::metrics::ShardStats>),
     Queue(QueueReply),
     Err(ShardError),
 }

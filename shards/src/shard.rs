@@ -57,6 +57,8 @@ pub struct Shard {
     generation: Cell<u64>,
     pub wal: Rc<Wal>,
     pub(crate) store: Rc<Store>,
+    /// Requests served on this core (recorded by the server, reported by `stats`).
+    pub requests: RefCell<crate::metrics::RequestMetrics>,
     pub(crate) ckpt: crate::checkpoint::CheckpointState,
     scratch: RefCell<Vec<u8>>,
     ready: Cell<bool>,
@@ -312,6 +314,7 @@ impl Shard {
             ckpt: crate::checkpoint::CheckpointState::new(next_seg, state_lsn),
             wal,
             store,
+            requests: RefCell::new(Default::default()),
             scratch: RefCell::new(Vec::with_capacity(64 << 10)),
             ready: Cell::new(true),
             closed: Cell::new(false),
@@ -340,6 +343,54 @@ impl Shard {
             }
         })
         .detach();
+    }
+
+    /// This core's figures for `/v0/metrics`.
+    pub fn stats(&self) -> crate::metrics::ShardStats {
+        let now = now_ms();
+        let mut s = crate::metrics::ShardStats {
+            shard: self.opts.id,
+            topics_by_class: [0; 4],
+            queues: 0,
+            routers: self.routers.borrow().len() as u64,
+            sessions: self.sessions.borrow().len() as u64,
+            records: 0,
+            bytes: 0,
+            leases_in_flight: 0,
+            hot_tail_bytes: 0,
+            segments: self.store.list().len() as u64,
+            checkpoints: self.ckpt.completed.get(),
+            wal_frames: self.wal.stats.frames.get(),
+            wal_flushes: self.wal.stats.flushes.get(),
+            wal_bytes_written: self.wal.stats.bytes_written.get(),
+            wal_rotations: self.wal.stats.rotations.get(),
+            wal_pending_bytes: self.wal.pending_bytes(),
+            fsync: self
+                .wal
+                .stats
+                .sync_latency
+                .borrow()
+                .clone()
+                .unwrap_or_else(crate::metrics::latency_histogram),
+            requests: self.requests.borrow().clone(),
+        };
+        for t in self.topics.borrow().values() {
+            let class = match t.config.durability {
+                Durability::Fsync => 0,
+                Durability::Disk => 1,
+                Durability::Memory => 2,
+                Durability::Ephemeral => 3,
+            };
+            s.topics_by_class[class] += 1;
+            s.records += t.count;
+            s.bytes += t.bytes;
+            s.hot_tail_bytes += t.mem_bytes;
+            if let Some(q) = &t.queue {
+                s.queues += 1;
+                s.leases_in_flight += q.in_flight(now);
+            }
+        }
+        s
     }
 
     pub fn is_ready(&self) -> bool {
@@ -482,6 +533,7 @@ impl Shard {
                 close,
             } => self.watch_progress(&wid, cursors, close),
             Command::Claim(c) => self.claim(c).await,
+            Command::Stats => Ok(Reply::Stats(Box::new(self.stats()))),
             Command::Queue(c) => self.queue_cmd(c).await,
         };
         r.unwrap_or_else(Reply::Err)

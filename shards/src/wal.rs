@@ -360,6 +360,8 @@ pub struct WalStats {
     pub bytes_written: Cell<u64>,
     pub rotations: Cell<u64>,
     pub bytes_appended: Cell<u64>,
+    /// Latency of each synchronous write, µs.
+    pub sync_latency: RefCell<Option<hdrhistogram::Histogram<u64>>>,
 }
 
 pub struct Wal {
@@ -496,6 +498,16 @@ impl Wal {
         out
     }
 
+    /// Bytes queued and not yet handed to the flusher.
+    pub fn pending_bytes(&self) -> u64 {
+        self.state
+            .borrow()
+            .chunks
+            .iter()
+            .map(|c| c.bytes.len() as u64)
+            .sum()
+    }
+
     /// Bytes of WAL frames queued since this shard started (checkpoint trigger).
     pub fn appended_bytes(&self) -> u64 {
         self.stats.bytes_appended.get()
@@ -580,11 +592,17 @@ impl Flusher {
         self.block.extend_from_slice(&buf.as_bytes()[keep..used]);
         let at = self.block_start;
         self.block_start = new_block_start;
+        let t0 = std::time::Instant::now();
         let written = self
             .file
             .write_at(buf, at)
             .await
             .map_err(|e| io_err("write wal", e))?;
+        wal.stats
+            .sync_latency
+            .borrow_mut()
+            .get_or_insert_with(crate::metrics::latency_histogram)
+            .saturating_record(t0.elapsed().as_micros() as u64);
         if written < size {
             return Err(WalError(format!("short wal write: {written} of {size}")));
         }

@@ -5,6 +5,7 @@
 pub mod auth;
 mod errors;
 pub mod json;
+mod metrics;
 mod ops;
 mod queues;
 mod records;
@@ -258,6 +259,11 @@ impl Api {
                 allow(&req, "GET")?;
                 ops::ready(&self.node).await
             }
+            "/v0/metrics" => {
+                allow(&req, "GET")?;
+                who.require(READ, &[])?;
+                metrics::metrics(self, &req).await
+            }
             "/v0/topics" => {
                 allow(&req, "GET")?;
                 who.require(READ, &[])?;
@@ -397,10 +403,19 @@ impl Handler for Api {
         Box::pin(async move {
             let start = Instant::now();
             let _guard = InFlight::enter(&self.node.in_flight);
-            match self.route(req, start).await {
+            let label = metrics::route_label(&req.method, &req.path);
+            let resp = match self.route(req, start).await {
                 Ok(r) => r,
                 Err(e) => e.into_response(start),
+            };
+            if let Some(shard) = self.node.local() {
+                let micros = start.elapsed().as_micros() as u64;
+                shard
+                    .requests
+                    .borrow_mut()
+                    .record(&label, resp.status, micros);
             }
+            resp
         })
     }
 

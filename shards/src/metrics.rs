@@ -1,0 +1,65 @@
+//! Per-core figures for `GET /v0/metrics`: what the storage engine holds and does, and the
+//! request counters the server records on this core. Collected by `Command::Stats` from each
+//! shard and summed (or labelled by core) by the API layer.
+
+use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
+
+/// Latencies in microseconds, 1 µs to 100 s at 2 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    // Constant, valid bounds (low >= 1, high >= 2 * low, 2 significant digits): never fails.
+    Histogram::new_with_bounds(1, 100_000_000, 2).expect("valid histogram bounds")
+}
+
+/// Requests served on one core: count per (route, status), latency per route.
+#[derive(Clone, Default)]
+pub struct RequestMetrics {
+    pub counts: BTreeMap<(String, u16), u64>,
+    pub latency: BTreeMap<String, Histogram<u64>>,
+}
+
+impl RequestMetrics {
+    pub fn record(&mut self, route: &str, status: u16, micros: u64) {
+        *self.counts.entry((route.to_string(), status)).or_default() += 1;
+        let h = self
+            .latency
+            .entry(route.to_string())
+            .or_insert_with(latency_histogram);
+        h.saturating_record(micros.max(1));
+    }
+}
+
+/// One core's figures.
+#[derive(Clone)]
+pub struct ShardStats {
+    pub shard: usize,
+    /// Topics by durability class: fsync, disk, memory, ephemeral.
+    pub topics_by_class: [u64; 4],
+    pub queues: u64,
+    pub routers: u64,
+    pub sessions: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub leases_in_flight: u64,
+    pub hot_tail_bytes: u64,
+    pub segments: u64,
+    pub checkpoints: u64,
+    pub wal_frames: u64,
+    pub wal_flushes: u64,
+    pub wal_bytes_written: u64,
+    pub wal_rotations: u64,
+    /// Bytes queued for the WAL and not yet durable.
+    pub wal_pending_bytes: u64,
+    /// Latency of each synchronous WAL write (an O_DSYNC write is the fsync), in µs.
+    pub fsync: Histogram<u64>,
+    pub requests: RequestMetrics,
+}
+
+impl std::fmt::Debug for ShardStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardStats")
+            .field("shard", &self.shard)
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
+}
