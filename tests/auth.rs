@@ -462,3 +462,52 @@ fn keys_never_reach_the_log() {
     assert!(!log.contains("wrong-secret-456"), "{log}");
     assert!(log.contains("auth on"), "{log}");
 }
+
+#[test]
+fn a_watch_session_opens_only_with_the_key_that_created_it() {
+    let s = authed();
+    assert_eq!(
+        call(
+            &s,
+            "root-key",
+            "POST",
+            "/v0/topics/w",
+            Some(&json!({"records": [{"data": 1}]}))
+        )
+        .0,
+        201
+    );
+    let (st, v) = call(
+        &s,
+        "reader-key",
+        "POST",
+        "/v0/watch",
+        Some(&json!({"topics": {"w": {}}})),
+    );
+    assert_eq!(st, 200, "{v}");
+    let path = format!("/v0/watch/{}", v["wid"].as_str().expect("wid"));
+    assert_eq!(
+        sse_status(s.port, &path, "Authorization: Bearer root-key\r\n"),
+        403,
+        "another key, even one with every right"
+    );
+    assert_eq!(
+        sse_status(s.port, &format!("{path}?token=worker-key"), ""),
+        403
+    );
+    assert_eq!(
+        sse_status(s.port, &format!("{path}?token=reader-key"), ""),
+        200
+    );
+    // The binding survives a restart (it is logged with the session).
+    let mut s = s;
+    s.restart_kill9();
+    assert_eq!(
+        sse_status(s.port, &format!("{path}?token=root-key"), ""),
+        403
+    );
+    assert_eq!(
+        sse_status(s.port, &format!("{path}?token=reader-key"), ""),
+        200
+    );
+}

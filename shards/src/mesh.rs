@@ -73,6 +73,8 @@ pub enum Command {
     OpenWatch {
         wid: String,
         rewind: Option<Vec<(String, u64)>>,
+        /// SHA-256 of the caller's API key (a session with an owner opens only for it).
+        key: Option<[u8; 32]>,
     },
     WatchProgress {
         wid: String,
@@ -278,6 +280,8 @@ pub enum ShardError {
         topic: String,
     },
     SessionNotFound,
+    /// The caller's API key may not do this (e.g. open another key's watch session).
+    Forbidden(String),
     NotAQueue,
     NotReady,
     ShuttingDown,

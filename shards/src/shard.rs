@@ -526,7 +526,7 @@ impl Shard {
             Command::DeleteRouter { name } => self.delete_router(&name),
             Command::RemoveRoutersFor { topic } => self.remove_routers_for(&topic),
             Command::CreateWatch { wid, spec } => self.create_watch(wid, spec).await,
-            Command::OpenWatch { wid, rewind } => self.open_watch(&wid, rewind),
+            Command::OpenWatch { wid, rewind, key } => self.open_watch(&wid, rewind, key),
             Command::WatchProgress {
                 wid,
                 cursors,

@@ -28,6 +28,8 @@ pub struct WatchSpec {
     pub include_tags: bool,
     pub include_data: bool,
     pub strong: bool,
+    /// SHA-256 of the API key that created the session: only that key may open it.
+    pub owner: Option<[u8; 32]>,
 }
 
 impl WatchSpec {
@@ -49,6 +51,11 @@ impl WatchSpec {
             .u64(self.max_batch_bytes)
             .u64(self.heartbeat_ms)
             .u8(flags);
+        // Appended last; frames written before sessions had owners end before it.
+        if let Some(o) = &self.owner {
+            e.u8(1);
+            e.0.extend_from_slice(o);
+        }
     }
 
     pub fn decode(d: &mut Dec<'_>) -> Option<Self> {
@@ -66,7 +73,22 @@ impl WatchSpec {
         let max_batch_bytes = d.u64()?;
         let heartbeat_ms = d.u64()?;
         let flags = d.u8()?;
+        let owner = if d.is_empty() {
+            None
+        } else {
+            match d.u8()? {
+                1 => {
+                    let mut o = [0u8; 32];
+                    for b in o.iter_mut() {
+                        *b = d.u8()?;
+                    }
+                    Some(o)
+                }
+                _ => return None,
+            }
+        };
         Some(WatchSpec {
+            owner,
             cursors,
             nodes,
             limit,
@@ -137,9 +159,15 @@ impl Shard {
         &self,
         wid: &str,
         rewind: Option<Vec<(String, u64)>>,
+        key: Option<[u8; 32]>,
     ) -> Result<Reply, ShardError> {
         let mut sessions = self.sessions.borrow_mut();
         let s = sessions.get_mut(wid).ok_or(ShardError::SessionNotFound)?;
+        if s.spec.owner.is_some() && s.spec.owner != key {
+            return Err(ShardError::Forbidden(
+                "this watch session was created with another API key".into(),
+            ));
+        }
         let mut rewound = Vec::new();
         if let Some(map) = rewind {
             for (name, seq) in map {
@@ -256,13 +284,25 @@ mod tests {
             include_tags: false,
             include_data: true,
             strong: true,
+            owner: Some([7; 32]),
         };
         let mut buf = Vec::new();
         spec.encode(&mut buf);
-        assert_eq!(WatchSpec::decode(&mut Dec::new(&buf)), Some(spec));
+        assert_eq!(WatchSpec::decode(&mut Dec::new(&buf)), Some(spec.clone()));
         for cut in 0..buf.len() {
-            assert!(WatchSpec::decode(&mut Dec::new(&buf[..cut])).is_none());
+            // A cut frame never decodes to the session (at most to one without its owner).
+            assert_ne!(
+                WatchSpec::decode(&mut Dec::new(&buf[..cut])),
+                Some(spec.clone())
+            );
         }
+        let no_owner = WatchSpec {
+            owner: None,
+            ..spec
+        };
+        let mut buf = Vec::new();
+        no_owner.encode(&mut buf);
+        assert_eq!(WatchSpec::decode(&mut Dec::new(&buf)), Some(no_owner));
     }
 
     #[test]
@@ -278,6 +318,7 @@ mod tests {
             include_tags: false,
             include_data: true,
             strong: false,
+            owner: None,
         };
         apply_watch(
             &mut m,

@@ -134,6 +134,7 @@ impl ApiError {
                 "not_found",
                 "watch session does not exist or has expired",
             ),
+            ShardError::Forbidden(msg) => Self::new(403, "forbidden", msg),
             ShardError::NotAQueue => Self::new(
                 409,
                 "not_a_queue",

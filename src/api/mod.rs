@@ -281,7 +281,7 @@ impl Api {
                     }
                 }
                 self.require_ready()?;
-                watch::create(self, &req, start).await
+                watch::create(self, &req, start, &who).await
             }
             _ if path.starts_with("/v0/watch/") => {
                 let wid = &path["/v0/watch/".len()..];
@@ -291,7 +291,7 @@ impl Api {
                 allow(&req, "GET")?;
                 who.require(READ, &[])?;
                 self.require_ready()?;
-                watch::open(self, wid.to_string(), &req).await
+                watch::open(self, wid.to_string(), &req, &who).await
             }
             "/v0/routers" => {
                 allow(&req, "GET")?;

@@ -6,6 +6,7 @@
 //! bounded channel, so a slow reader holds at most one batch per topic in memory. Progress is
 //! written back to the session as the stream advances.
 
+use super::auth::Principal;
 use super::json::Obj;
 use super::records::{write_records, NodeSel};
 use super::{
@@ -109,7 +110,7 @@ struct WatchBody {
     consistency: Option<String>,
 }
 
-pub async fn create(api: &Api, req: &Request, start: Instant) -> ApiResult {
+pub async fn create(api: &Api, req: &Request, start: Instant, who: &Principal) -> ApiResult {
     let body: WatchBody = parse(json_body(req)?)?;
     let topics = body
         .topics
@@ -168,6 +169,7 @@ pub async fn create(api: &Api, req: &Request, start: Instant) -> ApiResult {
         include_tags: body.include_tags.unwrap_or(false),
         include_data: body.include_data.unwrap_or(true),
         strong,
+        owner: who.key_digest,
     };
     let g = &api.node.global;
     let sessions: usize = g.sessions.iter().map(|s| s.load(Ordering::Relaxed)).sum();
@@ -224,7 +226,7 @@ fn parse_event_id(id: &str) -> Option<Vec<(String, u64)>> {
     Some(map.into_iter().collect())
 }
 
-pub async fn open(api: &Api, wid: String, req: &Request) -> ApiResult {
+pub async fn open(api: &Api, wid: String, req: &Request, who: &Principal) -> ApiResult {
     if !accepts_event_stream(req) {
         return Err(ApiError::new(
             406,
@@ -260,6 +262,8 @@ pub async fn open(api: &Api, wid: String, req: &Request) -> ApiResult {
             Command::OpenWatch {
                 wid: wid.clone(),
                 rewind,
+                // A session created with a key opens only with that key.
+                key: who.key_digest,
             },
         )
         .await
