@@ -108,10 +108,11 @@ start_server() {
         exit 1
     fi
     DATA_DIR=$(mktemp -d "$WORK/data.XXXXXX")
+    # --max-topics 0: the topics workload may create more than the default cap (100,000).
     taskset -c "$cpus" "$SERVER" --port "$PORT" --data-dir "$DATA_DIR" --shards "$shards" \
-        >>"$WORK/server.log" 2>&1 &
+        --max-topics 0 >>"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
-    SERVER_CMD="taskset -c $cpus topics --port $PORT --data-dir <fresh tmp> --shards $shards"
+    SERVER_CMD="taskset -c $cpus topics --port $PORT --data-dir <fresh tmp> --shards $shards --max-topics 0"
     for _ in $(seq 1 300); do
         if curl -fs "http://127.0.0.1:$PORT/v0/ready" >/dev/null 2>&1; then
             return 0

@@ -214,8 +214,9 @@ spawn_server() {
     echo "=== $(date -u +%FT%TZ) start: $SERVER_CMD" >>"$SERVER_LOG"
     SPAWNED=$(now)
     # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
+    # --max-topics 0: the many-topics phase holds 1,000,000 topics (the default cap is 100,000).
     taskset -c "$SERVER_CPUS" "$SERVER" --port "$PORT" --data-dir "$DATA_DIR" --shards "$SHARDS" \
-        $SERVER_ARGS >>"$SERVER_LOG" 2>&1 &
+        --max-topics 0 $SERVER_ARGS >>"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
 }
 
@@ -244,7 +245,7 @@ wait_ready() {
 start_fresh() {
     DATA_DIR=$SCRATCH_DIR/$1
     mkdir -p "$DATA_DIR"
-    SERVER_CMD="taskset -c $SERVER_CPUS topics --port $PORT --data-dir <scratch>/$1 --shards $SHARDS${SERVER_ARGS:+ $SERVER_ARGS}"
+    SERVER_CMD="taskset -c $SERVER_CPUS topics --port $PORT --data-dir <scratch>/$1 --shards $SHARDS --max-topics 0${SERVER_ARGS:+ $SERVER_ARGS}"
     spawn_server
     local ready
     ready=$(wait_ready)
@@ -498,7 +499,7 @@ fi
 mkdir -p "$OUT_DIR"
 jq -s --slurpfile figs "$FIGS" --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg nproc "$NPROC" \
     --arg model "$MODEL" --arg kernel "$(uname -sr)" --arg commit "$COMMIT" --arg command "$COMMAND" \
-    --arg server "taskset -c $SERVER_CPUS topics --shards $SHARDS${SERVER_ARGS:+ $SERVER_ARGS}" \
+    --arg server "taskset -c $SERVER_CPUS topics --shards $SHARDS --max-topics 0${SERVER_ARGS:+ $SERVER_ARGS}" \
     --arg scratch "$SCRATCH_PARENT" --arg fs "$(df -T "$SCRATCH_PARENT" | awk 'NR == 2 {print $2 " on " $1}')" --arg busy "$BUSY_BEFORE" --arg busy_after "$(cpu_busy_pct)" '{
         date: $date,
         machine: {nproc: ($nproc | tonumber), cpu: $model, kernel: $kernel,

@@ -63,6 +63,14 @@ pub struct Config {
     #[arg(long, env = "TOPICS_PROBE_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub probe_auth: bool,
 
+    /// Most topics (0 = unlimited); past it, creating a topic answers 429 throttled.
+    #[arg(long, env = "TOPICS_MAX_TOPICS", default_value_t = 100_000)]
+    pub max_topics: usize,
+
+    /// Most routers (0 = unlimited); past it, creating a router answers 429 throttled.
+    #[arg(long, env = "TOPICS_MAX_ROUTERS", default_value_t = 10_000)]
+    pub max_routers: usize,
+
     /// Most watch sessions at once (0 = unlimited); past it `POST /v0/watch` gets 429.
     #[arg(long, env = "TOPICS_MAX_WATCH_SESSIONS", default_value_t = 10_000)]
     pub max_watch_sessions: usize,

@@ -387,6 +387,9 @@ async fn executor_main(
         hot_tail_bytes: cfg.hot_tail_bytes,
         checkpoint_interval: Duration::from_millis(cfg.checkpoint_interval_ms),
         topic_gauge: global.topics[id].clone(),
+        all_topic_gauges: global.topics.clone(),
+        max_topics: cfg.max_topics,
+        max_routers: cfg.max_routers,
         session_gauge: global.sessions[id].clone(),
     };
     {

@@ -1,4 +1,4 @@
-//! Resource caps of SPEC §1 that exist so far: watch sessions and open SSE streams answer
+//! Resource caps of SPEC §1: topics, routers, watch sessions and open SSE streams answer
 //! `429 throttled` with `detail.limit`/`detail.max` and `Retry-After` past their maximum, and
 //! room comes back when a stream closes.
 
@@ -61,4 +61,55 @@ fn sse_connections_cap_answers_429_until_a_stream_closes() {
         }
     }
     let _ = w1;
+}
+
+#[test]
+fn topics_cap_answers_429_for_new_topics_only() {
+    let s = Server::start_with(2, &["--max-topics", "3"]);
+    for t in ["a", "b"] {
+        s.append(t, json!([{"data": 1}]));
+    }
+    assert_eq!(s.put("/v0/topics/c", &json!({})).0, 201);
+    // A fourth topic, by write or by PUT, is refused; nothing is created.
+    let r = s.json_post("/v0/topics/d", &json!({"records": [{"data": 1}]}));
+    assert_error(&r, 429, "throttled");
+    assert_eq!(r.1["error"]["detail"], json!({"limit": "topics", "max": 3}));
+    let r = s.put("/v0/topics/e", &json!({}));
+    assert_error(&r, 429, "throttled");
+    assert_eq!(s.get("/v0/topics/d").0, 404);
+    // Existing topics still take writes and config changes.
+    assert_eq!(s.append("a", json!([{"data": 2}]))["first_seq"], 2);
+    assert_eq!(s.put("/v0/topics/c", &json!({"ttl_ms": 1000})).0, 200);
+    // Deleting one makes room.
+    assert_eq!(s.delete("/v0/topics/b").0, 200);
+    assert_eq!(s.append("d", json!([{"data": 1}]))["first_seq"], 1);
+}
+
+#[test]
+fn routers_cap_answers_429_for_new_routers_only() {
+    let s = Server::start_with(2, &["--max-routers", "1"]);
+    let r1 = json!({"source": "s1", "dest": "d1", "create_dest": true});
+    s.append("s1", json!([{"data": 1}]));
+    s.append("s2", json!([{"data": 1}]));
+    assert_eq!(s.put("/v0/routers/r1", &r1).0, 201);
+    let r = s.put(
+        "/v0/routers/r2",
+        &json!({"source": "s2", "dest": "d2", "create_dest": true}),
+    );
+    assert_error(&r, 429, "throttled");
+    assert_eq!(
+        r.1["error"]["detail"],
+        json!({"limit": "routers", "max": 1})
+    );
+    // Updating the existing router is not a new one.
+    assert_eq!(s.put("/v0/routers/r1", &r1).0, 200);
+    assert_eq!(s.delete("/v0/routers/r1").0, 200);
+    assert_eq!(
+        s.put(
+            "/v0/routers/r2",
+            &json!({"source": "s2", "dest": "d2", "create_dest": true})
+        )
+        .0,
+        201
+    );
 }

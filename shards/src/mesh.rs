@@ -280,6 +280,11 @@ pub enum ShardError {
         topic: String,
     },
     SessionNotFound,
+    /// A server-wide resource cap (SPEC §1): `429 throttled` with `detail.limit` / `max`.
+    ResourceCap {
+        limit: &'static str,
+        max: usize,
+    },
     /// The caller's API key may not do this (e.g. open another key's watch session).
     Forbidden(String),
     NotAQueue,

@@ -173,6 +173,13 @@ impl Shard {
                 });
             }
         }
+        let max = self.opts.max_routers;
+        if max > 0 && all.len() >= max && !all.iter().any(|r| r.name == name) {
+            return Err(ShardError::ResourceCap {
+                limit: "routers",
+                max,
+            });
+        }
         if let Some(other) = all.iter().find(|r| {
             r.name != name && r.config.dest == config.dest && r.config.source != config.source
         }) {

@@ -31,6 +31,12 @@ pub struct ShardOptions {
     pub checkpoint_interval: Duration,
     /// Number of topics on this shard, kept current for readiness and metrics.
     pub topic_gauge: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Topic counts of every shard (this one's is `topic_gauge`), for the topic cap.
+    pub all_topic_gauges: Vec<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    /// Most topics on the server (0 = unlimited).
+    pub max_topics: usize,
+    /// Most routers on the server (0 = unlimited; checked on shard 0).
+    pub max_routers: usize,
     /// Number of watch sessions on this shard, for the resource cap.
     pub session_gauge: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -423,6 +429,27 @@ impl Shard {
         g
     }
 
+    /// Refuses to create one more topic past `--max-topics` (all shards together).
+    fn check_topic_cap(&self) -> Result<(), ShardError> {
+        let max = self.opts.max_topics;
+        if max == 0 {
+            return Ok(());
+        }
+        let total: usize = self
+            .opts
+            .all_topic_gauges
+            .iter()
+            .map(|g| g.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        if total >= max {
+            return Err(ShardError::ResourceCap {
+                limit: "topics",
+                max,
+            });
+        }
+        Ok(())
+    }
+
     /// Creates `topic` with defaults if missing; returns its visible head.
     pub(crate) fn ensure_topic(&self, topic: &str) -> u64 {
         let mut topics = self.topics.borrow_mut();
@@ -565,10 +592,13 @@ impl Shard {
                     }
                     (false, new)
                 }
-                None => (
-                    true,
-                    patch.apply(&TopicConfig::defaults(self.opts.auto_create)),
-                ),
+                None => {
+                    self.check_topic_cap()?;
+                    (
+                        true,
+                        patch.apply(&TopicConfig::defaults(self.opts.auto_create)),
+                    )
+                }
             };
             self.check_writable()?;
             let op = Op::Config {
@@ -688,6 +718,7 @@ impl Shard {
                 if !create.unwrap_or(self.opts.auto_create) {
                     return Err(ShardError::TopicNotFound);
                 }
+                self.check_topic_cap()?;
                 self.check_writable()?;
                 let base = TopicConfig::defaults(self.opts.auto_create);
                 let config = config.map(|p| p.apply(&base)).unwrap_or(base);

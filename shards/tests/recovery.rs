@@ -26,6 +26,9 @@ fn opts(dir: &Path, file_size: u64) -> ShardOptions {
         hot_tail_bytes: 64 << 20,
         checkpoint_interval: Duration::from_secs(30),
         topic_gauge: Default::default(),
+        all_topic_gauges: Vec::new(),
+        max_topics: 0,
+        max_routers: 0,
         session_gauge: Default::default(),
     }
 }

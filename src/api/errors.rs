@@ -134,6 +134,7 @@ impl ApiError {
                 "not_found",
                 "watch session does not exist or has expired",
             ),
+            ShardError::ResourceCap { limit, max } => Self::resource_cap(limit, max),
             ShardError::Forbidden(msg) => Self::new(403, "forbidden", msg),
             ShardError::NotAQueue => Self::new(
                 409,
