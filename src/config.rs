@@ -71,6 +71,11 @@ pub struct Config {
     #[arg(long, env = "TOPICS_MAX_ROUTERS", default_value_t = 10_000)]
     pub max_routers: usize,
 
+    /// Requests in flight per core (appends, diffs, claims) before the lowest-priority ones
+    /// are shed with 429 throttled (0 = unlimited).
+    #[arg(long, env = "TOPICS_MAX_QUEUE_PER_CORE", default_value_t = 4096)]
+    pub max_queue_per_core: usize,
+
     /// Most watch sessions at once (0 = unlimited); past it `POST /v0/watch` gets 429.
     #[arg(long, env = "TOPICS_MAX_WATCH_SESSIONS", default_value_t = 10_000)]
     pub max_watch_sessions: usize,

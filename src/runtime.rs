@@ -390,6 +390,7 @@ async fn executor_main(
         all_topic_gauges: global.topics.clone(),
         max_topics: cfg.max_topics,
         max_routers: cfg.max_routers,
+        max_queue: cfg.max_queue_per_core,
         session_gauge: global.sessions[id].clone(),
     };
     {

@@ -9,6 +9,7 @@ pub mod event;
 pub mod mesh;
 pub mod metrics;
 pub mod ops;
+pub mod overload;
 pub mod queue;
 pub mod router;
 pub mod segment;

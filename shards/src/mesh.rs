@@ -232,6 +232,8 @@ pub struct AppendCmd {
     pub config: Option<ConfigPatch>,
     /// Set by exactly-once routers.
     pub router_mark: Option<RouterMark>,
+    /// Under overload, wait for room instead of being refused with 429.
+    pub disable_backpressure: bool,
 }
 
 #[derive(Debug)]
@@ -285,6 +287,10 @@ pub enum ShardError {
         limit: &'static str,
         max: usize,
     },
+    /// Overload: the request was shed; retry after this long.
+    Throttled {
+        retry_after_ms: u64,
+    },
     /// The caller's API key may not do this (e.g. open another key's watch session).
     Forbidden(String),
     NotAQueue,
@@ -319,6 +325,8 @@ pub enum Reply {
 pub struct Timings {
     pub wal_append_ms: f64,
     pub fsync_ms: f64,
+    /// Time spent waiting for room under overload (`disable_backpressure`).
+    pub throttle_wait_ms: f64,
 }
 
 #[derive(Debug)]

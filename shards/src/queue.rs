@@ -578,6 +578,7 @@ impl Shard {
                 create: Some(true),
                 config: None,
                 router_mark: None,
+                disable_backpressure: true,
             });
             match remote.call(shard_for(dl, remote.shards()), cmd).await {
                 Reply::Appended(_) => {}

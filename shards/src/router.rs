@@ -438,6 +438,8 @@ impl Shard {
                         idempotency_key: None,
                         create: Some(create),
                         config: None,
+                        // Copies wait for room rather than being shed.
+                        disable_backpressure: true,
                         router_mark: exactly_once.then(|| RouterMark {
                             router: name.clone(),
                             src_seqs,

@@ -37,6 +37,8 @@ pub struct ShardOptions {
     pub max_topics: usize,
     /// Most routers on the server (0 = unlimited; checked on shard 0).
     pub max_routers: usize,
+    /// Requests in flight on this core before lower-priority ones are shed (0 = unlimited).
+    pub max_queue: usize,
     /// Number of watch sessions on this shard, for the resource cap.
     pub session_gauge: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -63,6 +65,7 @@ pub struct Shard {
     generation: Cell<u64>,
     pub wal: Rc<Wal>,
     pub(crate) store: Rc<Store>,
+    admission: Rc<crate::overload::Admission>,
     /// Requests served on this core (recorded by the server, reported by `stats`).
     pub requests: RefCell<crate::metrics::RequestMetrics>,
     pub(crate) ckpt: crate::checkpoint::CheckpointState,
@@ -309,6 +312,7 @@ impl Shard {
             .store(topics.len(), std::sync::atomic::Ordering::Relaxed);
         opts.session_gauge
             .store(sessions.len(), std::sync::atomic::Ordering::Relaxed);
+        let opts_max_queue = opts.max_queue;
         let shard = Rc::new(Shard {
             opts,
             topics: RefCell::new(topics),
@@ -320,6 +324,7 @@ impl Shard {
             ckpt: crate::checkpoint::CheckpointState::new(next_seg, state_lsn),
             wal,
             store,
+            admission: crate::overload::Admission::new(opts_max_queue),
             requests: RefCell::new(Default::default()),
             scratch: RefCell::new(Vec::with_capacity(64 << 10)),
             ready: Cell::new(true),
@@ -529,7 +534,41 @@ impl Shard {
         Ok(())
     }
 
+    /// Admits a request on `topic` under the overload bound (SPEC §9).
+    async fn admit(
+        &self,
+        topic: &str,
+        wait: bool,
+    ) -> Result<(crate::overload::Ticket, Duration), ShardError> {
+        let priority = self
+            .topics
+            .borrow()
+            .get(topic)
+            .map_or(0, |t| crate::overload::effective_priority(t, now_ms()));
+        self.admission.admit(priority, wait).await
+    }
+
     pub async fn execute(self: &Rc<Self>, cmd: Command) -> Reply {
+        // Appends, diffs and claims count against this core's overload bound.
+        let admitted = match &cmd {
+            Command::Append(a) => Some(self.admit(&a.topic, a.disable_backpressure).await),
+            Command::Diff(d) => Some(self.admit(&d.topic, false).await),
+            Command::Claim(c) => Some(self.admit(&c.topic, false).await),
+            _ => None,
+        };
+        let (_ticket, waited) = match admitted {
+            Some(Ok((t, w))) => (Some(t), w),
+            Some(Err(e)) => return Reply::Err(e),
+            None => (None, Duration::ZERO),
+        };
+        let mut reply = self.execute_admitted(cmd).await;
+        if let Reply::Appended(a) = &mut reply {
+            a.timings.throttle_wait_ms = waited.as_secs_f64() * 1000.0;
+        }
+        reply
+    }
+
+    async fn execute_admitted(self: &Rc<Self>, cmd: Command) -> Reply {
         let r = match cmd {
             Command::PutTopic { topic, patch } => self.put_topic(topic, patch).await,
             Command::GetTopic { topic, touch } => self.get_topic(&topic, touch),
@@ -619,6 +658,7 @@ impl Shard {
             timings: Timings {
                 wal_append_ms,
                 fsync_ms: ms(t1.elapsed()),
+                throttle_wait_ms: 0.0,
             },
         }))
     }
@@ -638,7 +678,7 @@ impl Shard {
             bytes: t.bytes,
             last_write_ts: t.last_write_ts,
             last_read_ts: t.last_read_ts,
-            effective_priority: t.config.priority.unwrap_or(0),
+            effective_priority: crate::overload::effective_priority(t, now_ms()),
             queue: crate::queue::info(t, now_ms()),
         })))
     }
@@ -671,7 +711,7 @@ impl Shard {
                 count: t.count,
                 bytes: t.bytes,
                 durable: t.config.durable(),
-                effective_priority: t.config.priority.unwrap_or(0),
+                effective_priority: crate::overload::effective_priority(t, now_ms()),
             })
             .collect();
         Reply::List(out)
@@ -709,6 +749,7 @@ impl Shard {
             create,
             config,
             router_mark,
+            ..
         } = cmd;
         let mut records = records;
         let (reply, wait_lsn, durability, changed) = {

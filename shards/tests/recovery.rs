@@ -29,6 +29,7 @@ fn opts(dir: &Path, file_size: u64) -> ShardOptions {
         all_topic_gauges: Vec::new(),
         max_topics: 0,
         max_routers: 0,
+        max_queue: 0,
         session_gauge: Default::default(),
     }
 }
@@ -73,6 +74,7 @@ async fn append(shard: &Rc<Shard>, topic: &str, data: &[&str]) -> (u64, u64) {
             ..Default::default()
         }),
         router_mark: None,
+        disable_backpressure: false,
     });
     match shard.execute(cmd).await {
         Reply::Appended(r) => (r.first_seq, r.last_seq),

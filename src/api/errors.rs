@@ -135,6 +135,16 @@ impl ApiError {
                 "watch session does not exist or has expired",
             ),
             ShardError::ResourceCap { limit, max } => Self::resource_cap(limit, max),
+            ShardError::Throttled { retry_after_ms } => Self::new(
+                429,
+                "throttled",
+                "the server is overloaded; retry later (lower-priority topics are shed first)",
+            )
+            .detail(json!({ "retry_after_ms": retry_after_ms }))
+            .header(
+                "retry-after",
+                retry_after_ms.div_ceil(1000).max(1).to_string(),
+            ),
             ShardError::Forbidden(msg) => Self::new(403, "forbidden", msg),
             ShardError::NotAQueue => Self::new(
                 409,

@@ -34,6 +34,7 @@ pub struct Perf {
     pub wal_append_ms: Option<f64>,
     pub fsync_ms: Option<f64>,
     pub records_scanned: Option<u64>,
+    pub throttle_wait_ms: Option<f64>,
 }
 
 impl From<shards::mesh::Timings> for Perf {
@@ -42,6 +43,7 @@ impl From<shards::mesh::Timings> for Perf {
             wal_append_ms: Some(t.wal_append_ms),
             fsync_ms: Some(t.fsync_ms),
             records_scanned: None,
+            throttle_wait_ms: (t.throttle_wait_ms > 0.0).then_some(t.throttle_wait_ms),
         }
     }
 }
@@ -65,6 +67,9 @@ impl Perf {
         }
         if let Some(v) = self.records_scanned {
             p.u64("records_scanned", v);
+        }
+        if let Some(v) = self.throttle_wait_ms {
+            p.f64("throttle_wait_ms", v);
         }
         p.end();
     }

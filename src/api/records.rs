@@ -78,7 +78,6 @@ struct AppendBody<'a> {
     #[serde(default)]
     config: Option<Value>,
     #[serde(default)]
-    #[allow(dead_code)] // Accepted now; honoured once overload shedding exists.
     disable_backpressure: Option<bool>,
 }
 
@@ -201,6 +200,7 @@ pub async fn append(api: &Api, topic: String, req: &Request, start: Instant) -> 
         create: body.create,
         config,
         router_mark: None,
+        disable_backpressure: body.disable_backpressure.unwrap_or(false),
     });
     let Reply::Appended(r) = api.ask(&topic, cmd).await? else {
         return Err(unexpected());
