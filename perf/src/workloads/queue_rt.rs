@@ -214,7 +214,7 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
     f.insert(
         "jobs_per_claim".into(),
         json!(round(
-            side.claimed_total as f64 / side.claim.ok.max(1) as f64,
+            side.claim.records as f64 / side.claim.ok.max(1) as f64,
             2
         )),
     );
