@@ -211,13 +211,22 @@ pub fn entries_of(records: &[Record]) -> Rc<[Entry]> {
 pub struct Store {
     dir: PathBuf,
     files: RefCell<BTreeMap<u64, Rc<DmaFile>>>,
+    /// Recently read blocks, decoded, most recent last. Segment files never change and their
+    /// ids are never reused within a run, so an entry never goes stale. Small sequential reads
+    /// (a claim of one job, a watcher catching up, a router) then cost one block read per
+    /// block, not one per call.
+    cache: RefCell<std::collections::VecDeque<((u64, u64), Rc<Vec<Record>>)>>,
 }
+
+/// Decoded blocks kept by [`Store`] (about 128 KiB each at most).
+const BLOCK_CACHE: usize = 32;
 
 impl Store {
     pub fn new(dir: &Path) -> Rc<Store> {
         Rc::new(Store {
             dir: dir.to_path_buf(),
             files: RefCell::new(BTreeMap::new()),
+            cache: RefCell::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -269,14 +278,31 @@ impl Store {
         Ok(f)
     }
 
-    /// Reads and decodes a block through DMA.
+    /// Reads and decodes a block through DMA (or finds it in the block cache).
     pub async fn read_block(&self, r: &BlockRef) -> Result<Vec<Record>, String> {
+        let key = (r.seg, r.offset);
+        {
+            let mut cache = self.cache.borrow_mut();
+            if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+                if let Some(hit) = cache.remove(i) {
+                    let recs = hit.1.as_ref().clone();
+                    cache.push_back(hit);
+                    return Ok(recs);
+                }
+            }
+        }
         let f = self.file(r.seg).await?;
         let buf = f
             .read_at(r.offset, r.len as usize)
             .await
             .map_err(|e| format!("segment {}: {e}", r.seg))?;
-        decode_block(&buf, r)
+        let recs = decode_block(&buf, r)?;
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= BLOCK_CACHE {
+            cache.pop_front();
+        }
+        cache.push_back((key, Rc::new(recs.clone())));
+        Ok(recs)
     }
 
     /// Writes a new segment file from `bytes`, synced, and makes it durable in the directory.
@@ -287,7 +313,17 @@ impl Store {
 
 /// Writes a whole new file through DMA (preallocated, padded to the DMA alignment), syncs it
 /// and its directory entry.
+/// On failure the file is removed, so that a write that ran out of space gives back what it
+/// took.
 pub async fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let r = write_file_inner(path, bytes).await;
+    if r.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    r
+}
+
+async fn write_file_inner(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let err = |what: &str, e: glommio::GlommioError<()>| format!("{what} {}: {e}", path.display());
     let file = OpenOptions::new()
         .write(true)
@@ -315,7 +351,10 @@ pub async fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
             .await
             .map_err(|e| err("write", e))?;
         if w < aligned as usize {
-            return Err(format!("short write to {}", path.display()));
+            return Err(format!(
+                "short write to {} (no space left?): {w} of {aligned} bytes",
+                path.display()
+            ));
         }
         pos += n;
     }
@@ -331,6 +370,7 @@ impl Store {
     /// Removes a segment file nobody refers to any more (open readers keep their handle).
     pub fn remove(&self, seg: u64) {
         self.files.borrow_mut().remove(&seg);
+        self.cache.borrow_mut().retain(|((s, _), _)| *s != seg);
         let path = self.dir.join(seg_name(seg));
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
