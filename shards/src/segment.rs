@@ -215,8 +215,11 @@ pub struct Store {
     /// ids are never reused within a run, so an entry never goes stale. Small sequential reads
     /// (a claim of one job, a watcher catching up, a router) then cost one block read per
     /// block, not one per call.
-    cache: RefCell<std::collections::VecDeque<((u64, u64), Rc<Vec<Record>>)>>,
+    cache: RefCell<std::collections::VecDeque<CachedBlock>>,
 }
+
+/// A decoded block and where it sits: (segment, offset).
+type CachedBlock = ((u64, u64), Rc<Vec<Record>>);
 
 /// Decoded blocks kept by [`Store`] (about 128 KiB each at most).
 const BLOCK_CACHE: usize = 32;
@@ -352,7 +355,7 @@ async fn write_file_inner(path: &Path, bytes: &[u8]) -> Result<(), String> {
             .map_err(|e| err("write", e))?;
         if w < aligned as usize {
             return Err(format!(
-                "short write to {} (no space left?): {w} of {aligned} bytes",
+                "write to {}: short write (no space left?): {w} of {aligned} bytes",
                 path.display()
             ));
         }
