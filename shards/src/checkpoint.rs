@@ -59,6 +59,8 @@ pub struct CheckpointState {
     seg_sizes: RefCell<BTreeMap<u64, (u64, u64)>>,
     pub completed: Cell<u64>,
     snapshot_bytes: Cell<u64>,
+    /// Whether the last checkpoint failed for lack of disk space.
+    no_space: Cell<bool>,
 }
 
 #[derive(PartialEq, Clone, Copy)]
@@ -82,6 +84,7 @@ impl CheckpointState {
             seg_sizes: RefCell::new(BTreeMap::new()),
             completed: Cell::new(0),
             snapshot_bytes: Cell::new(0),
+            no_space: Cell::new(false),
         }
     }
 
@@ -93,6 +96,13 @@ impl CheckpointState {
         if u > budget / 2 {
             self.wake.notify_all();
         }
+    }
+
+    /// Whether writes should be refused for lack of space: checkpoints fail for lack of space
+    /// and more than twice the hot-tail budget is waiting for one (memory would grow without
+    /// bound otherwise).
+    pub fn no_space_backlog(&self, budget: u64) -> bool {
+        self.no_space.get() && self.unflushed.get() > budget.saturating_mul(2)
     }
 
     /// Waits while twice the hot-tail budget is waiting for a checkpoint (bounded, so a
@@ -222,9 +232,27 @@ impl Shard {
                 }
                 let due = shard.checkpoint_due();
                 if due != Due::No {
-                    if let Err(e) = shard.run_checkpoint(due == Due::Snapshot).await {
-                        log::error!("shard {}: checkpoint failed: {e}", shard.opts.id);
-                        glommio::timer::sleep(Duration::from_secs(1)).await;
+                    match shard.run_checkpoint(due == Due::Snapshot).await {
+                        Ok(()) => {
+                            if shard.ckpt.no_space.replace(false) {
+                                log::info!("shard {}: checkpoints succeed again", shard.opts.id);
+                            }
+                        }
+                        Err(e) if crate::wal::is_no_space(&e) => {
+                            // Retried (every second) until space returns; the WAL keeps
+                            // everything meanwhile.
+                            if !shard.ckpt.no_space.replace(true) {
+                                log::warn!(
+                                    "shard {}: checkpoint failed for lack of space: {e}",
+                                    shard.opts.id
+                                );
+                            }
+                            glommio::timer::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => {
+                            log::error!("shard {}: checkpoint failed: {e}", shard.opts.id);
+                            glommio::timer::sleep(Duration::from_secs(1)).await;
+                        }
                     }
                 }
             }
@@ -279,7 +307,7 @@ impl Shard {
         }
         // 1. Capture, at fill_lsn, without yielding.
         let fill_lsn = self.wal.last_lsn();
-        c.unflushed.set(0);
+        let unflushed = c.unflushed.replace(0);
         let seg_id = c.next_seg.get();
         c.next_seg.set(seg_id + 1);
         let mut flushes = Vec::new();
@@ -359,7 +387,11 @@ impl Shard {
             rewrites.push((name, created, old, blocks, dropped));
         }
         if !buf.is_empty() {
-            self.store.write(seg_id, &buf).await?;
+            if let Err(e) = self.store.write(seg_id, &buf).await {
+                // Nothing was installed: the records are still waiting for a checkpoint.
+                c.unflushed.set(c.unflushed.get() + unflushed);
+                return Err(e);
+            }
             c.seg_sizes
                 .borrow_mut()
                 .insert(seg_id, (buf.len() as u64, buf.len() as u64));
@@ -389,8 +421,10 @@ impl Shard {
         // 5. The snapshot.
         let state_lsn = self.wal.last_lsn();
         let (bytes, referenced) = self.encode_snapshot(fill_lsn, state_lsn);
+        // While the WAL stalls for lack of space, give up now rather than hold the
+        // checkpoint lock until space returns; the next checkpoint takes over.
         self.wal
-            .wait_durable(state_lsn)
+            .wait_durable_while(state_lsn, || false)
             .await
             .map_err(|e| e.to_string())?;
         snapshot::write(self.store.dir(), state_lsn, &bytes).await?;

@@ -296,6 +296,8 @@ pub enum ShardError {
     NotAQueue,
     NotReady,
     ShuttingDown,
+    /// Out of disk space: the write was refused and nothing of it is visible (`507`).
+    DiskFull,
     Storage(String),
 }
 

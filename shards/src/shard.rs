@@ -483,21 +483,47 @@ impl Shard {
         lsn
     }
 
+    /// Waits until `lsn` is durable. While the WAL cannot be written for lack of space the
+    /// frame stays queued and this keeps waiting (the write is neither lost nor reported as
+    /// refused, since it will still happen), except once the shard is shutting down.
     pub(crate) async fn durable(&self, lsn: u64) -> Result<(), ShardError> {
         self.wal
-            .wait_durable(lsn)
+            .wait_durable_while(lsn, || !self.closed.get())
             .await
-            .map_err(|e| ShardError::Storage(e.0))
+            .map_err(|e| {
+                if e.is_no_space() {
+                    ShardError::DiskFull
+                } else {
+                    ShardError::Storage(e.0)
+                }
+            })
     }
 
     pub(crate) fn check_writable(&self) -> Result<(), ShardError> {
         if self.closed.get() {
             return Err(ShardError::ShuttingDown);
         }
-        match self.wal.failed() {
-            Some(e) => Err(ShardError::Storage(e.0)),
-            None => Ok(()),
+        if let Some(e) = self.wal.failed() {
+            return Err(ShardError::Storage(e.0));
         }
+        // Out of space: refused before anything is logged or applied.
+        if self.wal.no_space().is_some() || self.ckpt.no_space_backlog(self.opts.hot_tail_bytes) {
+            return Err(ShardError::DiskFull);
+        }
+        Ok(())
+    }
+
+    /// Logs `op` unless the WAL has no room for it (see [`Wal::try_append`]); nothing is
+    /// queued when it refuses.
+    fn try_log(&self, op: &Op, urgent: bool) -> Result<u64, ShardError> {
+        let mut buf = self.scratch.borrow_mut();
+        buf.clear();
+        op.encode(&mut buf);
+        let r = self.wal.try_append(op.kind(), &buf, urgent);
+        if buf.capacity() > (1 << 20) {
+            *buf = Vec::with_capacity(64 << 10);
+        }
+        r.map_err(|_| ShardError::DiskFull)
     }
 
     /// Clean shutdown: refuse further writes, record every reserved-but-unused seq range as
@@ -761,6 +787,11 @@ impl Shard {
                 }
                 self.check_topic_cap()?;
                 self.check_writable()?;
+                // Room for the records too, so a refused write does not leave its topic behind.
+                let est: u64 = records.iter().map(|r| r.size() + 256).sum::<u64>() + 4096;
+                self.wal
+                    .room_for(est as usize)
+                    .map_err(|_| ShardError::DiskFull)?;
                 let base = TopicConfig::defaults(self.opts.auto_create);
                 let config = config.map(|p| p.apply(&base)).unwrap_or(base);
                 let op = Op::Config {
@@ -830,7 +861,7 @@ impl Shard {
                     ts,
                     idem_key: idempotency_key.clone(),
                 };
-                let lsn = self.log(&op, false);
+                let lsn = self.try_log(&op, false)?;
                 t.apply_marked_append(first_seq, ts, idempotency_key.as_deref(), records, mark);
                 lsn
             } else {
@@ -842,7 +873,8 @@ impl Shard {
                     records,
                     mark,
                 };
-                let lsn = self.log(&op, durability == Durability::Fsync);
+                // All or nothing: refused here (nothing applied) when the WAL has no room.
+                let lsn = self.try_log(&op, durability == Durability::Fsync)?;
                 if let Op::Append {
                     idem_key,
                     records,

@@ -19,6 +19,15 @@
 //! arrives meanwhile rides the next one. Frames that need an acknowledged sync (`fsync`
 //! topics) mark the buffer urgent; otherwise the flusher waits up to the sync interval to
 //! gather more.
+//!
+//! Running out of space (ENOSPC, EDQUOT, a short write) is not fatal. The next file is made
+//! in the background once a quarter of the current one is used; if that fails for lack of
+//! space, [`Wal::try_append`] refuses frames that would need it, before anything is applied,
+//! and the flusher tries again every [`NO_SPACE_RETRY`]. If a write itself fails for lack of
+//! space, its frames (and everything queued after them) stay queued in order and are written
+//! again every [`NO_SPACE_RETRY`] until it succeeds; meanwhile [`Wal::no_space`] is set, so the
+//! shard refuses new writes, and waiters keep waiting (nothing is dropped or reordered).
+//! Other I/O errors stop the log for good ([`Wal::failed`]).
 
 use crate::event::Event;
 use glommio::io::{DmaFile, OpenOptions};
@@ -45,6 +54,25 @@ impl std::fmt::Display for WalError {
         write!(f, "write-ahead log failure: {}", self.0)
     }
 }
+
+impl WalError {
+    /// Whether this is a lack of space (recoverable once space returns) rather than a fault.
+    pub fn is_no_space(&self) -> bool {
+        is_no_space(&self.0)
+    }
+}
+
+/// Whether an I/O error message (as formatted by `std::io::Error`, which glommio's errors
+/// include) reports a full disk or an exhausted quota, or is a short write.
+pub fn is_no_space(msg: &str) -> bool {
+    msg.contains("(os error 28)") || msg.contains("(os error 122)") || msg.contains(SHORT_WRITE)
+}
+
+/// Marks short writes, which a full disk can also cause.
+const SHORT_WRITE: &str = "short write (no space left?)";
+
+/// How often writes refused or stalled for lack of space are tried again.
+pub const NO_SPACE_RETRY: Duration = Duration::from_millis(250);
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> WalError {
     WalError(format!("{what}: {e}"))
@@ -247,7 +275,9 @@ pub async fn open(
             file_size: tail.file_size,
             urgent: false,
             failed: None,
+            no_space: None,
         }),
+        next_failed: RefCell::new(None),
         durable_lsn: Cell::new(tail.next_lsn.saturating_sub(1)),
         work: Event::new(),
         durable: Event::new(),
@@ -255,6 +285,8 @@ pub async fn open(
     });
     let file = open_for_write(dir, tail.file_idx, tail.file_size).await?;
     let flusher = Flusher {
+        last_prepare: None,
+        preparing: Rc::new(Cell::new(false)),
         file_idx: tail.file_idx,
         file: Rc::new(file),
         block_start: tail.pos / ALIGN * ALIGN,
@@ -280,12 +312,33 @@ pub async fn open(
 
 async fn open_for_write(dir: &Path, idx: u64, size: u64) -> Result<DmaFile, WalError> {
     let path = dir.join(file_name(idx));
+    let existed = path.exists();
+    match open_for_write_inner(dir, &path, size).await {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            // A file this call created holds no frames: remove it, so whatever part of it
+            // was allocated goes back to the filesystem.
+            if !existed {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn open_for_write_inner(dir: &Path, path: &Path, size: u64) -> Result<DmaFile, WalError> {
+    if fault::no_space() {
+        return Err(WalError(format!(
+            "create {}: injected: No space left on device (os error 28)",
+            path.display()
+        )));
+    }
     {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .dma_open(&path)
+            .dma_open(path)
             .await
             .map_err(|e| io_err("open wal file", e))?;
         let cur = file.file_size().await.map_err(|e| io_err("stat wal", e))?;
@@ -325,7 +378,7 @@ async fn open_for_write(dir: &Path, idx: u64, size: u64) -> Result<DmaFile, WalE
         .read(true)
         .write(true)
         .custom_flags(libc::O_DSYNC)
-        .dma_open(&path)
+        .dma_open(path)
         .await
         .map_err(|e| io_err("open wal file", e))
 }
@@ -339,6 +392,8 @@ struct Chunk {
     file_size: u64,
     start: u64,
     bytes: Vec<u8>,
+    /// The LSN of the last frame in `bytes`.
+    last_lsn: u64,
 }
 
 struct State {
@@ -350,6 +405,8 @@ struct State {
     file_size: u64,
     urgent: bool,
     failed: Option<WalError>,
+    /// Set while a write cannot be made for lack of space (its frames stay queued).
+    no_space: Option<String>,
 }
 
 /// Counters for metrics and the `performance` block.
@@ -371,6 +428,8 @@ pub struct Wal {
     default_file_size: u64,
     sync_interval: Duration,
     state: RefCell<State>,
+    /// Set while the next file could not be made for lack of space.
+    next_failed: RefCell<Option<String>>,
     durable_lsn: Cell<u64>,
     work: Event,
     durable: Event,
@@ -389,6 +448,7 @@ impl Wal {
                 let epoch = st.epoch;
                 let chunk = current_chunk(&mut st);
                 encode_frame(&mut chunk.bytes, epoch, lsn, KIND_ROTATE, &[]);
+                chunk.last_lsn = lsn;
             }
             st.file_idx += 1;
             st.file_pos = 0;
@@ -401,6 +461,7 @@ impl Wal {
         let epoch = st.epoch;
         let chunk = current_chunk(&mut st);
         encode_frame(&mut chunk.bytes, epoch, lsn, kind, body);
+        chunk.last_lsn = lsn;
         st.file_pos += len;
         st.urgent |= urgent;
         drop(st);
@@ -410,6 +471,43 @@ impl Wal {
             .set(self.stats.bytes_appended.get() + len);
         self.work.notify_all();
         lsn
+    }
+
+    /// Whether a frame of `body_len` bytes can be queued now with a prospect of being written:
+    /// `Err` (with the reason) while writes stall for lack of space, or when the frame needs
+    /// a new file and the next one could not be made for lack of space.
+    pub fn room_for(&self, body_len: usize) -> Result<(), String> {
+        let st = self.state.borrow();
+        if let Some(e) = &st.no_space {
+            return Err(e.clone());
+        }
+        // Once the next file cannot be made, the last RESERVE_ROOM bytes of this one are
+        // kept for the small frames logged without a check (reservations, cursors).
+        let reserve = RESERVE_ROOM.min(self.default_file_size as usize / 8);
+        if st.file_pos + (HEADER + body_len + reserve) as u64 > st.file_size {
+            if let Some(e) = self.next_failed.borrow().as_ref() {
+                return Err(e.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`append`](Self::append), but refuses (queueing nothing) when [`room_for`]
+    /// says there is no room.
+    ///
+    /// [`room_for`]: Self::room_for
+    pub fn try_append(&self, kind: u8, body: &[u8], urgent: bool) -> Result<u64, String> {
+        self.room_for(body.len())?;
+        Ok(self.append(kind, body, urgent))
+    }
+
+    /// Why writes are refused for lack of space, if they are: a write stalled, or the next
+    /// WAL file could not be made and the current one is nearly full.
+    pub fn no_space(&self) -> Option<String> {
+        if let Some(e) = &self.state.borrow().no_space {
+            return Some(e.clone());
+        }
+        self.room_for(0).err()
     }
 
     /// Marks the pending frames as needing a sync now.
@@ -422,15 +520,35 @@ impl Wal {
         self.durable_lsn.get()
     }
 
-    /// Waits until the frame with this LSN is on stable storage.
+    /// Waits until the frame with this LSN is on stable storage. While writes stall for lack
+    /// of space it keeps waiting (the frame stays queued and is written once space returns).
     pub async fn wait_durable(&self, lsn: u64) -> Result<(), WalError> {
+        self.wait_durable_while(lsn, || true).await
+    }
+
+    /// Like [`wait_durable`](Self::wait_durable), but while writes stall for lack of space
+    /// it gives up (with a no-space error) as soon as `keep_waiting` says so; it is asked at
+    /// least every [`NO_SPACE_RETRY`].
+    pub async fn wait_durable_while(
+        &self,
+        lsn: u64,
+        keep_waiting: impl Fn() -> bool,
+    ) -> Result<(), WalError> {
         loop {
             let l = self.durable.listen();
             if self.durable_lsn.get() >= lsn {
                 return Ok(());
             }
-            if let Some(e) = &self.state.borrow().failed {
-                return Err(e.clone());
+            {
+                let st = self.state.borrow();
+                if let Some(e) = &st.failed {
+                    return Err(e.clone());
+                }
+                if let Some(e) = &st.no_space {
+                    if !keep_waiting() {
+                        return Err(WalError(e.clone()));
+                    }
+                }
             }
             l.await;
         }
@@ -517,6 +635,10 @@ impl Wal {
 /// Most retired WAL files kept for reuse.
 const MAX_SPARES: usize = 2;
 
+/// Room kept in the current file, once the next cannot be made, for frames logged without a
+/// check.
+const RESERVE_ROOM: usize = 64 << 10;
+
 fn current_chunk(st: &mut State) -> &mut Chunk {
     let (idx, size, pos) = (st.file_idx, st.file_size, st.file_pos);
     if st.chunks.last().is_none_or(|c| c.file_idx != idx) {
@@ -525,6 +647,7 @@ fn current_chunk(st: &mut State) -> &mut Chunk {
             file_size: size,
             start: pos,
             bytes: Vec::with_capacity(4096),
+            last_lsn: 0,
         });
     }
     // Just pushed or matched above.
@@ -533,6 +656,10 @@ fn current_chunk(st: &mut State) -> &mut Chunk {
 }
 
 struct Flusher {
+    /// When the next file was last asked for (retries after a lack of space are spaced).
+    last_prepare: Option<std::time::Instant>,
+    /// Whether the next file is being made now.
+    preparing: Rc<Cell<bool>>,
     file_idx: u64,
     file: Rc<DmaFile>,
     /// Aligned file offset where `block` starts.
@@ -544,8 +671,10 @@ struct Flusher {
 }
 
 impl Flusher {
-    /// Starts creating the file after the current one, so rotation finds it ready.
-    fn prepare_next(&mut self, wal: &Wal) {
+    /// Starts creating the file after the current one, so rotation finds it ready. A lack of
+    /// space is reported through `wal.next_failed` (and cleared by a later success).
+    fn prepare_next(&mut self, wal: &Rc<Wal>) {
+        self.last_prepare = Some(std::time::Instant::now());
         let idx = self.file_idx + 1;
         let dir = wal.dir.clone();
         let size = wal.default_file_size;
@@ -556,11 +685,60 @@ impl Flusher {
                 log::warn!("wal: reuse {}: {e}", spare.display());
             }
         }
-        let task = glommio::spawn_local(async move { open_for_write(&dir, idx, size).await });
+        let w = wal.clone();
+        let preparing = self.preparing.clone();
+        preparing.set(true);
+        let task = glommio::spawn_local(async move {
+            let r = open_for_write(&dir, idx, size).await;
+            preparing.set(false);
+            let mut failed = w.next_failed.borrow_mut();
+            match &r {
+                Ok(_) => {
+                    if failed.take().is_some() {
+                        log::info!("wal: {} made; space is back", file_name(idx));
+                    }
+                }
+                Err(e) if e.is_no_space() => {
+                    if failed.is_none() {
+                        log::warn!(
+                            "wal: cannot make the next log file ({e}); writes that need it \
+                             are refused until space returns"
+                        );
+                    }
+                    *failed = Some(e.0.clone());
+                }
+                // Other errors come up again when the file is needed.
+                Err(_) => {}
+            }
+            r
+        });
         self.next = Some((idx, task.detach()));
     }
 
-    async fn write_chunk(&mut self, wal: &Wal, chunk: Chunk) -> Result<(), WalError> {
+    /// After the next file could not be made for lack of space: try again (spaced by
+    /// [`NO_SPACE_RETRY`]) unless an attempt is under way.
+    async fn retry_next(&mut self, wal: &Rc<Wal>) {
+        if wal.next_failed.borrow().is_none()
+            || self.preparing.get()
+            || self
+                .last_prepare
+                .is_some_and(|t| t.elapsed() < NO_SPACE_RETRY)
+        {
+            return;
+        }
+        // The last attempt has finished; collect it.
+        if let Some((_, task)) = self.next.take() {
+            if let Some(Ok(_)) = task.await {
+                // Made after all (space came back meanwhile): keep it.
+                return;
+            }
+        }
+        self.prepare_next(wal);
+    }
+
+    /// Writes one chunk. On failure nothing of the flusher's position changes, so the same
+    /// chunk can be written again.
+    async fn write_chunk(&mut self, wal: &Rc<Wal>, chunk: &Chunk) -> Result<(), WalError> {
         if chunk.file_idx != self.file_idx {
             let prepared = match self.next.take() {
                 Some((idx, task)) if idx == chunk.file_idx => task.await,
@@ -588,10 +766,8 @@ impl Flusher {
         let end = self.block_start + used as u64;
         let new_block_start = end / ALIGN * ALIGN;
         let keep = (new_block_start - self.block_start) as usize;
-        self.block.clear();
-        self.block.extend_from_slice(&buf.as_bytes()[keep..used]);
+        let new_block = buf.as_bytes()[keep..used].to_vec();
         let at = self.block_start;
-        self.block_start = new_block_start;
         let t0 = std::time::Instant::now();
         let written = self
             .file
@@ -604,8 +780,12 @@ impl Flusher {
             .get_or_insert_with(crate::metrics::latency_histogram)
             .saturating_record(t0.elapsed().as_micros() as u64);
         if written < size {
-            return Err(WalError(format!("short wal write: {written} of {size}")));
+            return Err(WalError(format!(
+                "wal write of {size} bytes at {at} wrote {written}: {SHORT_WRITE}"
+            )));
         }
+        self.block = new_block;
+        self.block_start = new_block_start;
         wal.stats
             .bytes_written
             .set(wal.stats.bytes_written.get() + size as u64);
@@ -621,11 +801,16 @@ impl Flusher {
 async fn run_flusher(wal: Rc<Wal>, mut f: Flusher) {
     loop {
         loop {
+            f.retry_next(&wal).await;
             let l = wal.work.listen();
             if !wal.state.borrow().chunks.is_empty() {
                 break;
             }
-            l.await;
+            if wal.next_failed.borrow().is_some() {
+                futures_lite::future::or(l, glommio::timer::sleep(NO_SPACE_RETRY)).await;
+            } else {
+                l.await;
+            }
         }
         if !wal.state.borrow().urgent && !wal.sync_interval.is_zero() {
             // Gather more frames for up to the sync interval, unless someone needs a sync.
@@ -646,24 +831,58 @@ async fn run_flusher(wal: Rc<Wal>, mut f: Flusher) {
                 .await;
             }
         }
-        let (chunks, last_lsn) = {
+        let chunks = {
             let mut st = wal.state.borrow_mut();
             st.urgent = false;
-            (std::mem::take(&mut st.chunks), st.next_lsn - 1)
+            std::mem::take(&mut st.chunks)
         };
         // Files are opened O_DSYNC: each completed write is durable, in order.
         let mut result = Ok(());
-        for chunk in chunks {
-            if let Err(e) = f.write_chunk(&wal, chunk).await {
-                result = Err(e);
-                break;
+        let mut done = None;
+        let mut left = Vec::new();
+        let mut chunks = chunks.into_iter();
+        while let Some(chunk) = chunks.next() {
+            match f.write_chunk(&wal, &chunk).await {
+                Ok(()) => done = Some(chunk.last_lsn),
+                Err(e) => {
+                    result = Err(e);
+                    left.push(chunk);
+                    left.extend(chunks);
+                    break;
+                }
             }
+        }
+        if let Some(lsn) = done {
+            wal.durable_lsn.set(lsn);
         }
         match result {
             Ok(()) => {
                 wal.stats.flushes.set(wal.stats.flushes.get() + 1);
-                wal.durable_lsn.set(last_lsn);
+                if wal.state.borrow_mut().no_space.take().is_some() {
+                    log::info!("wal: writes succeed again; space is back");
+                }
                 wal.durable.notify_all();
+            }
+            Err(e) if e.is_no_space() => {
+                // Keep every unwritten frame queued, in order, ahead of those appended
+                // meanwhile, and try again shortly. Waiters keep waiting; new writes are
+                // refused while `no_space` is set.
+                {
+                    let mut st = wal.state.borrow_mut();
+                    if st.no_space.is_none() {
+                        log::warn!(
+                            "{e}; {} queued WAL bytes are kept and written again every \
+                             {NO_SPACE_RETRY:?}; writes are refused until space returns",
+                            left.iter().map(|c| c.bytes.len()).sum::<usize>()
+                        );
+                    }
+                    st.no_space = Some(e.0);
+                    left.append(&mut st.chunks);
+                    st.chunks = left;
+                    st.urgent = true;
+                }
+                wal.durable.notify_all();
+                glommio::timer::sleep(NO_SPACE_RETRY).await;
             }
             Err(e) => {
                 log::error!("{e}; the shard stops accepting writes");
@@ -672,6 +891,30 @@ async fn run_flusher(wal: Rc<Wal>, mut f: Flusher) {
                 return;
             }
         }
+    }
+}
+
+/// Fault injection for tests: makes creating a WAL file fail as if the disk were full.
+///
+/// Hidden switches, for tests only: [`set_no_space`] on the calling thread (unit tests), or,
+/// process-wide, the environment variable `TOPICS_FAULT_NO_SPACE_FILE` naming a file whose
+/// existence means "no space" (so a black-box test can turn it on and off from outside).
+pub mod fault {
+    use std::cell::Cell;
+
+    thread_local! {
+        static NO_SPACE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Turns the injected lack of space on or off for WAL files made on this thread.
+    pub fn set_no_space(on: bool) {
+        NO_SPACE.with(|c| c.set(on));
+    }
+
+    pub(crate) fn no_space() -> bool {
+        NO_SPACE.with(|c| c.get())
+            || std::env::var_os("TOPICS_FAULT_NO_SPACE_FILE")
+                .is_some_and(|p| std::path::Path::new(&p).exists())
     }
 }
 
@@ -703,5 +946,206 @@ mod tests {
             assert!(decode_frame(&buf[..cut]).is_none());
         }
         assert!(decode_frame(&[0u8; 64]).is_none());
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("wal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// Runs a future made by `make` on its own executor (the WAL's tasks die with it).
+    fn on_executor<T, F>(make: impl FnOnce() -> F + Send + 'static) -> T
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                // Keep a timer armed: an executor parked with only a WAL write in flight can
+                // miss that write's completion for a long time (seen with glommio 0.9 when
+                // nothing else is running; the server always has timers armed).
+                glommio::spawn_local(async {
+                    loop {
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .detach();
+                // A watchdog: a stuck test fails instead of hanging.
+                futures_lite::future::or(make(), async {
+                    glommio::timer::sleep(Duration::from_secs(30)).await;
+                    panic!("test timed out");
+                })
+                .await
+            })
+            .expect("executor")
+            .join()
+            .expect("join")
+    }
+
+    const SMALL: u64 = 64 << 10;
+
+    fn body(i: u64) -> Vec<u8> {
+        format!("frame-{i:06}-").repeat(60).into_bytes()
+    }
+
+    /// Replays `dir` and returns the bodies of kind 7 frames in order.
+    fn replay(dir: PathBuf) -> Vec<Vec<u8>> {
+        on_executor(move || async move {
+            let mut got = Vec::new();
+            let (_wal, _) = open(
+                &dir,
+                SMALL,
+                Duration::ZERO,
+                &ReplayProgress::default(),
+                |k, _, b| {
+                    if k == 7 {
+                        got.push(b.to_vec())
+                    }
+                },
+            )
+            .await
+            .expect("reopen");
+            got
+        })
+    }
+
+    /// Waits for `lsn` to be durable; fails with the log's state after 5 s.
+    async fn durable(wal: &Rc<Wal>, lsn: u64) {
+        futures_lite::future::or(
+            async { wal.wait_durable(lsn).await.expect("durable") },
+            async {
+                glommio::timer::sleep(Duration::from_secs(5)).await;
+                let st = wal.state.borrow();
+                panic!(
+                    "lsn {lsn} not durable: durable {} next_failed {:?} no_space {:?} \
+                     file {} pos {} queued {}",
+                    wal.durable_lsn(),
+                    wal.next_failed.borrow(),
+                    st.no_space,
+                    st.file_idx,
+                    st.file_pos,
+                    st.chunks.len()
+                );
+            },
+        )
+        .await
+    }
+
+    async fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The next file cannot be made: frames that would need it are refused before anything
+    /// is queued, and accepted again once space returns.
+    #[test]
+    fn next_file_without_space_refuses_then_recovers() {
+        let dir = temp_dir("refuse");
+        let d = dir.clone();
+        let accepted = on_executor(move || {
+            async move {
+                let (wal, _) = open(
+                    &d,
+                    SMALL,
+                    Duration::ZERO,
+                    &ReplayProgress::default(),
+                    |_, _, _| {},
+                )
+                .await
+                .expect("open");
+                fault::set_no_space(true);
+                let mut i = 0u64;
+                let refused = loop {
+                    match wal.try_append(7, &body(i), true) {
+                        Ok(lsn) => {
+                            durable(&wal, lsn).await;
+                            i += 1;
+                        }
+                        Err(e) => break e,
+                    }
+                    assert!(i < 1000, "never refused");
+                };
+                assert!(is_no_space(&refused), "{refused}");
+                assert!(wal.room_for(body(i).len()).is_err());
+                let before = wal.last_lsn();
+                assert!(wal.try_append(7, &body(i), true).is_err());
+                assert_eq!(wal.last_lsn(), before, "a refused frame is not queued");
+                fault::set_no_space(false);
+                wait_until("space noticed", || wal.room_for(body(i).len()).is_ok()).await;
+                // Well past the rotation.
+                for _ in 0..200 {
+                    let lsn = wal.try_append(7, &body(i), true).expect("room again");
+                    durable(&wal, lsn).await;
+                    i += 1;
+                }
+                i
+            }
+        });
+        let got = replay(dir.clone());
+        assert_eq!(got.len() as u64, accepted);
+        for (i, b) in got.iter().enumerate() {
+            assert_eq!(*b, body(i as u64));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A write fails for lack of space with frames already queued (acknowledged `disk`
+    /// writes): they stay queued, in order, and are written once space returns.
+    #[test]
+    fn stalled_frames_are_kept_and_written_when_space_returns() {
+        let dir = temp_dir("stall");
+        let d = dir.clone();
+        let n = on_executor(move || {
+            async move {
+                let (wal, _) = open(
+                    &d,
+                    SMALL,
+                    Duration::ZERO,
+                    &ReplayProgress::default(),
+                    |_, _, _| {},
+                )
+                .await
+                .expect("open");
+                fault::set_no_space(true);
+                // Unchecked appends run past the end of the file, which needs the next one.
+                let n = 200u64;
+                let mut last = 0;
+                for i in 0..n {
+                    last = wal.append(7, &body(i), false);
+                    if i % 10 == 0 {
+                        glommio::yield_if_needed().await;
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                wal.hurry();
+                wait_until("stall noticed", || wal.no_space().is_some()).await;
+                assert!(wal.durable_lsn() < last);
+                // Waiters keep waiting, unless told to give up.
+                let gave_up = wal.wait_durable_while(last, || false).await;
+                assert!(gave_up.is_err_and(|e| e.is_no_space()));
+                assert!(wal.failed().is_none());
+                glommio::timer::sleep(Duration::from_millis(600)).await;
+                assert!(wal.durable_lsn() < last, "nothing written without space");
+                fault::set_no_space(false);
+                wal.wait_durable(last)
+                    .await
+                    .expect("written once space is back");
+                assert!(wal.no_space().is_none());
+                // And the log goes on.
+                let lsn = wal.append(7, &body(n), true);
+                wal.wait_durable(lsn).await.expect("durable");
+                n + 1
+            }
+        });
+        let got = replay(dir.clone());
+        assert_eq!(got.len() as u64, n);
+        for (i, b) in got.iter().enumerate() {
+            assert_eq!(*b, body(i as u64), "frame {i}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -154,6 +154,11 @@ impl ApiError {
             .detail(serde_json::json!({ "topic": topic })),
             ShardError::NotReady => Self::not_ready(0.0),
             ShardError::ShuttingDown => Self::shutting_down(),
+            ShardError::DiskFull => Self::new(
+                507,
+                "insufficient_storage",
+                "the disk is full; nothing of this request was written",
+            ),
             ShardError::Storage(msg) => {
                 if msg.contains("No space left") || msg.contains("os error 28") {
                     Self::new(507, "insufficient_storage", "the disk is full")
