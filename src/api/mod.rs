@@ -4,6 +4,8 @@
 
 pub mod auth;
 mod errors;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod json;
 mod metrics;
 mod ops;

@@ -27,7 +27,7 @@ pub fn lease_id_string(id: u64) -> String {
 }
 
 /// A lease id exactly as the server writes it: `lease_` and 16 lowercase hex digits.
-fn parse_lease_id(s: &str) -> Option<u64> {
+pub(super) fn parse_lease_id(s: &str) -> Option<u64> {
     let hex = s.strip_prefix("lease_")?;
     if hex.len() != 16
         || !hex
@@ -39,7 +39,7 @@ fn parse_lease_id(s: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-fn node_of(node: Option<String>) -> Result<String, ApiError> {
+pub(super) fn node_of(node: Option<String>) -> Result<String, ApiError> {
     match node {
         Some(n) if !n.is_empty() && n.len() <= 256 => Ok(n),
         Some(n) if !n.is_empty() => Err(ApiError::invalid("node is longer than 256 bytes")),
@@ -48,7 +48,7 @@ fn node_of(node: Option<String>) -> Result<String, ApiError> {
 }
 
 #[derive(Deserialize)]
-struct ClaimBody {
+pub(super) struct ClaimBody {
     node: Option<String>,
     max: Option<u64>,
     lease_ms: Option<u64>,
@@ -115,7 +115,7 @@ pub async fn claim(api: &Api, topic: String, req: &Request, start: Instant) -> A
 }
 
 #[derive(Deserialize)]
-struct SeqsBody {
+pub(super) struct SeqsBody {
     node: Option<String>,
     seqs: Option<Vec<u64>>,
     lease_ids: Option<Vec<String>>,

@@ -27,7 +27,7 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 /// One record of an append. Deserialised by hand so that only a JSON object is accepted
 /// (a derived struct would also take an array of its fields).
 #[derive(Default)]
-struct RecordIn<'a> {
+pub(super) struct RecordIn<'a> {
     data: Option<&'a RawValue>,
     meta: Option<&'a RawValue>,
     tag: Option<Cow<'a, str>>,
@@ -66,7 +66,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RecordIn<'a> {
 }
 
 #[derive(Deserialize)]
-struct AppendBody<'a> {
+pub(super) struct AppendBody<'a> {
     #[serde(borrow)]
     records: Option<Vec<RecordIn<'a>>>,
     #[serde(borrow, default)]
@@ -113,7 +113,7 @@ fn check_meta(index: usize, meta: &RawValue) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn to_record(
+pub(super) fn to_record(
     index: usize,
     r: RecordIn<'_>,
     batch_node: Option<&str>,
@@ -281,7 +281,7 @@ impl NodeSel {
 }
 
 #[derive(Deserialize)]
-struct DiffBody {
+pub(super) struct DiffBody {
     #[serde(default)]
     from_seq: Option<u64>,
     #[serde(default)]
@@ -363,7 +363,7 @@ pub async fn diff(api: &Api, topic: String, req: &Request, start: Instant) -> Ap
 }
 
 #[derive(Deserialize)]
-struct DeleteBody {
+pub(super) struct DeleteBody {
     #[serde(default)]
     before_seq: Option<u64>,
     #[serde(default, rename = "match")]

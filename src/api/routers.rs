@@ -53,7 +53,7 @@ fn topic_field(m: &Map<String, Value>, k: &str) -> Result<String, ApiError> {
     }
 }
 
-fn parse_router(v: &Value) -> Result<RouterConfig, ApiError> {
+pub(super) fn parse_router(v: &Value) -> Result<RouterConfig, ApiError> {
     let m = v
         .as_object()
         .ok_or_else(|| ApiError::invalid("the router config must be a JSON object"))?;

@@ -89,7 +89,7 @@ struct TopicOpt {
 }
 
 #[derive(Deserialize)]
-struct WatchBody {
+pub(super) struct WatchBody {
     #[serde(default)]
     topics: Option<BTreeMap<String, TopicOpt>>,
     #[serde(default)]
@@ -220,7 +220,7 @@ pub fn accepts_event_stream(req: &Request) -> bool {
 }
 
 /// A `Last-Event-ID`: base64url of the JSON cursor map.
-fn parse_event_id(id: &str) -> Option<Vec<(String, u64)>> {
+pub(super) fn parse_event_id(id: &str) -> Option<Vec<(String, u64)>> {
     let raw = b64url_decode(id.trim())?;
     let map: BTreeMap<String, u64> = serde_json::from_slice(&raw).ok()?;
     Some(map.into_iter().collect())

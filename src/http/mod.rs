@@ -8,6 +8,8 @@
 
 mod chunked;
 mod conn;
+#[cfg(test)]
+mod fuzz_tests;
 mod parse;
 mod response;
 // Streaming is API for the handlers; allowed in case a build streams nothing.

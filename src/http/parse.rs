@@ -169,7 +169,9 @@ fn parse_head(
 ) -> Result<Option<(usize, Box<Pending>)>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(input) {
+    // Never look past the limit, so the verdict on an oversized head (431) does not depend
+    // on whether a bad byte beyond the limit happened to arrive in the same read (400).
+    let head_len = match req.parse(&input[..input.len().min(max_head.saturating_add(1))]) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if input.len() > max_head {
