@@ -161,8 +161,23 @@ pub fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiErro
     if !text.trim_start().starts_with('{') {
         return Err(ApiError::invalid("request body must be a JSON object"));
     }
-    serde_json::from_str(text).map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+    serde_json::from_str(text).map_err(|e| {
+        // serde quotes the offending value; keep the message (and the answer) small.
+        let mut m = format!("invalid request body: {e}");
+        if m.len() > MAX_ERROR_MESSAGE {
+            let mut cut = MAX_ERROR_MESSAGE;
+            while !m.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            m.truncate(cut);
+            m.push_str("…");
+        }
+        ApiError::invalid(m)
+    })
 }
+
+/// Longest message of a body-parsing error.
+const MAX_ERROR_MESSAGE: usize = 300;
 
 /// Opaque list cursor: hex of the last name returned.
 pub fn encode_cursor(name: &str) -> String {
