@@ -170,7 +170,7 @@ pub fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiErro
                 cut -= 1;
             }
             m.truncate(cut);
-            m.push_str("…");
+            m.push('…');
         }
         ApiError::invalid(m)
     })
