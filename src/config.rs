@@ -76,6 +76,11 @@ pub struct Config {
     #[arg(long, env = "TOPICS_MAX_QUEUE_PER_CORE", default_value_t = 4096)]
     pub max_queue_per_core: usize,
 
+    /// Most retained payload bytes, all topics together (0 = unlimited); past it, writes
+    /// answer 429 throttled.
+    #[arg(long, env = "TOPICS_MAX_RETAINED_BYTES", default_value_t = 0)]
+    pub max_retained_bytes: u64,
+
     /// Most watch sessions at once (0 = unlimited); past it `POST /v0/watch` gets 429.
     #[arg(long, env = "TOPICS_MAX_WATCH_SESSIONS", default_value_t = 10_000)]
     pub max_watch_sessions: usize,

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -30,6 +30,8 @@ pub struct Global {
     pub ready_shards: AtomicUsize,
     pub topics: Vec<Arc<AtomicUsize>>,
     pub sessions: Vec<Arc<AtomicUsize>>,
+    /// Retained payload bytes per shard (for `--max-retained-bytes`).
+    pub bytes: Vec<Arc<AtomicU64>>,
     /// Open SSE streams, all executors.
     pub sse_connections: AtomicUsize,
     pub max_watch_sessions: usize,
@@ -314,6 +316,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         ready_shards: AtomicUsize::new(0),
         topics: (0..shards).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
         sessions: (0..shards).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
+        bytes: (0..shards).map(|_| Arc::new(AtomicU64::new(0))).collect(),
         sse_connections: AtomicUsize::new(0),
         max_watch_sessions: cfg.max_watch_sessions,
         max_sse_connections: cfg.max_sse_connections,
@@ -390,6 +393,8 @@ async fn executor_main(
         all_topic_gauges: global.topics.clone(),
         max_topics: cfg.max_topics,
         max_routers: cfg.max_routers,
+        all_bytes_gauges: global.bytes.clone(),
+        max_retained_bytes: cfg.max_retained_bytes,
         max_queue: cfg.max_queue_per_core,
         session_gauge: global.sessions[id].clone(),
     };

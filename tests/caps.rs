@@ -113,3 +113,40 @@ fn routers_cap_answers_429_for_new_routers_only() {
         201
     );
 }
+
+#[test]
+fn retained_bytes_cap_answers_429_and_frees_with_deletes() {
+    let s = Server::start_with(2, &["--max-retained-bytes", "100"]);
+    // Each record's data is 10 bytes ("12345678" with its quotes): ten fit, over two topics.
+    let rec = br#"{"records":[{"data":"12345678"}]}"#;
+    for i in 0..10 {
+        let t = if i % 2 == 0 { "a" } else { "b" };
+        let r = s.post_raw(&format!("/v0/topics/{t}"), rec);
+        assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    }
+    let r = s.post_raw("/v0/topics/a", rec);
+    assert_eq!(r.status, 429, "{}", r.text());
+    let v: Value = r.json();
+    assert_eq!(v["error"]["code"], json!("throttled"));
+    assert_eq!(
+        v["error"]["detail"],
+        json!({"limit": "retained_bytes", "max": 100})
+    );
+    // A new topic is refused too, and not left behind.
+    assert_eq!(s.post_raw("/v0/topics/c", rec).status, 429);
+    assert_eq!(s.get("/v0/topics/c").0, 404);
+    assert_eq!(s.topic("a")["count"], json!(5));
+    // Deleting records makes room (the count is refreshed within a second).
+    let (st, _) = s.json_post("/v0/topics/b/delete", &json!({"before_seq": 6}));
+    assert_eq!(st, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = s.post_raw("/v0/topics/a", rec);
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert!(Instant::now() < deadline, "no room after deleting 50 bytes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -37,6 +37,10 @@ pub struct ShardOptions {
     pub max_topics: usize,
     /// Most routers on the server (0 = unlimited; checked on shard 0).
     pub max_routers: usize,
+    /// Retained payload bytes of every shard (this one's at index `id`), for the byte cap.
+    pub all_bytes_gauges: Vec<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Most retained payload bytes on the server (0 = unlimited).
+    pub max_retained_bytes: u64,
     /// Requests in flight on this core before lower-priority ones are shed (0 = unlimited).
     pub max_queue: usize,
     /// Number of watch sessions on this shard, for the resource cap.
@@ -312,6 +316,10 @@ impl Shard {
             .store(topics.len(), std::sync::atomic::Ordering::Relaxed);
         opts.session_gauge
             .store(sessions.len(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(g) = opts.all_bytes_gauges.get(opts.id) {
+            let bytes: u64 = topics.values().map(|t| t.bytes).sum();
+            g.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
         let opts_max_queue = opts.max_queue;
         let shard = Rc::new(Shard {
             opts,
@@ -348,8 +356,16 @@ impl Shard {
                 };
                 let now = now_ms();
                 let mut topics = shard.topics.borrow_mut();
-                for t in topics.values_mut().filter(|t| t.config.ttl_ms > 0) {
-                    t.expire(now);
+                let mut bytes = 0;
+                for t in topics.values_mut() {
+                    if t.config.ttl_ms > 0 {
+                        t.expire(now);
+                    }
+                    bytes += t.bytes;
+                }
+                // Exact once a second; appends add to it in between.
+                if let Some(g) = shard.opts.all_bytes_gauges.get(shard.opts.id) {
+                    g.store(bytes, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         })
@@ -432,6 +448,31 @@ impl Shard {
         let g = self.generation.get() + 1;
         self.generation.set(g);
         g
+    }
+
+    /// Refuses an append of `bytes` past `--max-retained-bytes` (all shards together; the
+    /// count is exact once a second and grows with appends in between).
+    fn check_bytes_cap(&self, bytes: u64) -> Result<(), ShardError> {
+        let max = self.opts.max_retained_bytes;
+        if max == 0 {
+            return Ok(());
+        }
+        let total: u64 = self
+            .opts
+            .all_bytes_gauges
+            .iter()
+            .map(|g| g.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        if total + bytes > max {
+            return Err(ShardError::ResourceCap {
+                limit: "retained_bytes",
+                max: max as usize,
+            });
+        }
+        if let Some(g) = self.opts.all_bytes_gauges.get(self.opts.id) {
+            g.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Refuses to create one more topic past `--max-topics` (all shards together).
@@ -787,6 +828,11 @@ impl Shard {
                 }
                 self.check_topic_cap()?;
                 self.check_writable()?;
+                // Checked before the topic exists, so a refused write does not leave it behind.
+                if self.opts.max_retained_bytes > 0 {
+                    let total: u64 = records.iter().map(|r| r.size()).sum();
+                    self.check_bytes_cap(total)?;
+                }
                 // Room for the records too, so a refused write does not leave its topic behind.
                 let est: u64 = records.iter().map(|r| r.size() + 256).sum::<u64>() + 4096;
                 self.wal
@@ -847,6 +893,9 @@ impl Shard {
                     cap_records: t.config.cap_records,
                     cap_bytes: t.config.cap_bytes,
                 });
+            }
+            if !created {
+                self.check_bytes_cap(bytes)?;
             }
             self.check_writable()?;
             let first_seq = t.head_seq + 1;

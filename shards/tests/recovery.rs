@@ -29,6 +29,8 @@ fn opts(dir: &Path, file_size: u64) -> ShardOptions {
         all_topic_gauges: Vec::new(),
         max_topics: 0,
         max_routers: 0,
+        all_bytes_gauges: Vec::new(),
+        max_retained_bytes: 0,
         max_queue: 0,
         session_gauge: Default::default(),
     }
