@@ -584,7 +584,7 @@ impl Shard {
 /// Hands free heap pages back to the OS. Records moved to segments free many small blocks
 /// interleaved with long-lived ones (topics), which glibc's allocator otherwise keeps; with a
 /// million small topics that is most of the RSS.
-fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists (under its locks) and
     // advises the kernel about pages no allocation uses; it takes no pointers from us.

@@ -367,6 +367,10 @@ impl Shard {
                 if let Some(g) = shard.opts.all_bytes_gauges.get(shard.opts.id) {
                     g.store(bytes, std::sync::atomic::Ordering::Relaxed);
                 }
+                drop(topics);
+                // Connections free their request buffers when they turn into long-lived
+                // streams; give such freed pages back to the OS instead of keeping them.
+                crate::checkpoint::release_free_memory();
             }
         })
         .detach();

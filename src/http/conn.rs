@@ -68,8 +68,10 @@ pub async fn serve_connection<H: Handler>(stream: TcpStream, handler: Rc<H>, lim
         Ok(Close::Linger) => conn.linger().await,
         Ok(Close::Now) => {}
         Ok(Close::Stream(body)) => {
-            // Free the request buffers: a stream may stay open for hours.
-            let Conn { stream, .. } = conn;
+            // Free the request buffers now: a stream may stay open for hours. (Destructuring
+            // `conn` in place would only move the socket out and keep the rest of it, buffers
+            // included, until this function returns.)
+            let stream = conn.into_stream();
             run_stream(stream, body).await
         }
         Err(e) => {
@@ -87,6 +89,13 @@ enum Close {
     Linger,
     /// The head of a streaming response is out: run its body on the connection.
     Stream(StreamBody),
+}
+
+impl Conn {
+    /// The socket; everything else of the connection is dropped here.
+    fn into_stream(self) -> TcpStream {
+        self.stream
+    }
 }
 
 struct Conn {
