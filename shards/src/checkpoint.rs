@@ -368,7 +368,7 @@ impl Shard {
             let mut recs = Vec::new();
             for b in &old {
                 match self.store.read_block(b).await {
-                    Ok(r) => recs.extend(r),
+                    Ok(r) => recs.extend(r.iter().cloned()),
                     Err(e) => {
                         log::error!("compaction: {e}");
                         continue 'runs;

@@ -282,13 +282,13 @@ impl Store {
     }
 
     /// Reads and decodes a block through DMA (or finds it in the block cache).
-    pub async fn read_block(&self, r: &BlockRef) -> Result<Vec<Record>, String> {
+    pub async fn read_block(&self, r: &BlockRef) -> Result<Rc<Vec<Record>>, String> {
         let key = (r.seg, r.offset);
         {
             let mut cache = self.cache.borrow_mut();
             if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
                 if let Some(hit) = cache.remove(i) {
-                    let recs = hit.1.as_ref().clone();
+                    let recs = hit.1.clone();
                     cache.push_back(hit);
                     return Ok(recs);
                 }
@@ -299,12 +299,12 @@ impl Store {
             .read_at(r.offset, r.len as usize)
             .await
             .map_err(|e| format!("segment {}: {e}", r.seg))?;
-        let recs = decode_block(&buf, r)?;
+        let recs = Rc::new(decode_block(&buf, r)?);
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= BLOCK_CACHE {
             cache.pop_front();
         }
-        cache.push_back((key, Rc::new(recs.clone())));
+        cache.push_back((key, recs.clone()));
         Ok(recs)
     }
 

@@ -1028,9 +1028,21 @@ impl Shard {
                     Some(f) => f,
                 }
             };
-            let mut fetched = Vec::with_capacity(fetch.len());
-            for b in fetch {
-                match self.store.read_block(&b).await {
+            // The blocks are read concurrently: one device round trip, not one per block.
+            let reads: Vec<_> = fetch
+                .into_iter()
+                .map(|b| {
+                    let store = self.store.clone();
+                    glommio::spawn_local(async move {
+                        let r = store.read_block(&b).await;
+                        (b, r)
+                    })
+                })
+                .collect();
+            let mut fetched = Vec::with_capacity(reads.len());
+            for read in reads {
+                let (b, r) = read.await;
+                match r {
                     Ok(recs) => fetched.push((b, recs)),
                     // Compaction replaced the block (and removed its file): plan again.
                     Err(_) if !self.block_current(topic, created, &b) => break,

@@ -972,7 +972,7 @@ impl Topic {
     pub fn absorb(
         &self,
         st: &mut ReadState,
-        fetched: Vec<(BlockRef, Vec<Record>)>,
+        fetched: Vec<(BlockRef, Rc<Vec<Record>>)>,
         skip_nodes: &[String],
     ) -> bool {
         let current = |b: &BlockRef| {
@@ -985,7 +985,7 @@ impl Topic {
         }
         let visible = self.visible_seq.min(st.upto);
         for (b, recs) in fetched {
-            for r in recs {
+            for r in recs.iter() {
                 if r.seq <= st.next {
                     continue;
                 }
@@ -999,8 +999,8 @@ impl Topic {
                 }
                 st.next = r.seq;
                 st.scanned += 1;
-                if !self.seg_gone(r.seq) && !skipped(&r, skip_nodes) {
-                    st.out.push(r);
+                if !self.seg_gone(r.seq) && !skipped(r, skip_nodes) {
+                    st.out.push(r.clone());
                 }
             }
             let end = b.last_seq.min(visible).min(self.mem_base - 1);
