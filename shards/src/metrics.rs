@@ -14,18 +14,27 @@ pub fn latency_histogram() -> Histogram<u64> {
 /// Requests served on one core: count per (route, status), latency per route.
 #[derive(Clone, Default)]
 pub struct RequestMetrics {
-    pub counts: BTreeMap<(String, u16), u64>,
+    /// Requests per route, then per status.
+    pub counts: BTreeMap<String, BTreeMap<u16, u64>>,
     pub latency: BTreeMap<String, Histogram<u64>>,
 }
 
 impl RequestMetrics {
+    /// Counts a request; allocates only the first time a (route, status) shows up.
     pub fn record(&mut self, route: &str, status: u16, micros: u64) {
-        *self.counts.entry((route.to_string(), status)).or_default() += 1;
-        let h = self
-            .latency
-            .entry(route.to_string())
-            .or_insert_with(latency_histogram);
+        let h = match self.latency.get_mut(route) {
+            Some(h) => h,
+            None => self
+                .latency
+                .entry(route.to_string())
+                .or_insert_with(latency_histogram),
+        };
         h.saturating_record(micros.max(1));
+        let statuses = match self.counts.get_mut(route) {
+            Some(s) => s,
+            None => self.counts.entry(route.to_string()).or_default(),
+        };
+        *statuses.entry(status).or_default() += 1;
     }
 }
 

@@ -109,6 +109,11 @@ impl Admission {
     pub fn active(&self) -> usize {
         self.active.get()
     }
+
+    /// Whether the next request is admitted whatever its priority.
+    pub fn under_bound(&self) -> bool {
+        threshold(self.active.get(), self.bound).is_none()
+    }
 }
 
 #[cfg(test)]

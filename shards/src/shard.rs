@@ -611,11 +611,15 @@ impl Shard {
         topic: &str,
         wait: bool,
     ) -> Result<(crate::overload::Ticket, Duration), ShardError> {
-        let priority = self
-            .topics
-            .borrow()
-            .get(topic)
-            .map_or(0, |t| crate::overload::effective_priority(t, now_ms()));
+        // Under the bound everyone is admitted: look the topic up only when it matters.
+        let priority = if self.admission.under_bound() {
+            0
+        } else {
+            self.topics
+                .borrow()
+                .get(topic)
+                .map_or(0, |t| crate::overload::effective_priority(t, now_ms()))
+        };
         self.admission.admit(priority, wait).await
     }
 

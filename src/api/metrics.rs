@@ -22,10 +22,17 @@ const BUCKETS: [f64; 14] = [
 const CLASSES: [&str; 4] = ["fsync", "disk", "memory", "ephemeral"];
 
 /// The route template of a request, for request metrics (bounded label values).
-pub fn route_label(method: &str, path: &str) -> String {
-    let template = match path {
-        "/v0/health" | "/healthz" | "/v0/ready" | "/readyz" | "/v0/metrics" | "/v0/topics"
-        | "/v0/watch" | "/v0/routers" => path,
+/// Interned, so recording a request allocates nothing (the label set is fixed and small).
+pub fn route_label(method: &str, path: &str) -> &'static str {
+    let template: &'static str = match path {
+        "/v0/health" => "/v0/health",
+        "/healthz" => "/healthz",
+        "/v0/ready" => "/v0/ready",
+        "/readyz" => "/readyz",
+        "/v0/metrics" => "/v0/metrics",
+        "/v0/topics" => "/v0/topics",
+        "/v0/watch" => "/v0/watch",
+        "/v0/routers" => "/v0/routers",
         _ if path.starts_with("/v0/watch/") => "/v0/watch/:wid",
         _ if path.starts_with("/v0/routers/") => "/v0/routers/:name",
         _ => match path.strip_prefix("/v0/topics/").map(|r| r.split_once('/')) {
@@ -43,11 +50,24 @@ pub fn route_label(method: &str, path: &str) -> String {
             None => "other",
         },
     };
-    let method = match method {
-        "GET" | "POST" | "PUT" | "DELETE" | "HEAD" => method,
+    let method: &'static str = match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
         _ => "OTHER",
     };
-    format!("{method} {template}")
+    thread_local! {
+        static LABELS: std::cell::RefCell<std::collections::HashMap<(&'static str, &'static str), &'static str>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    LABELS.with(|l| {
+        *l.borrow_mut()
+            .entry((method, template))
+            // At most 6 methods x 17 templates per thread: leaking them is bounded.
+            .or_insert_with(|| Box::leak(format!("{method} {template}").into_boxed_str()))
+    })
 }
 
 async fn gather(api: &Api) -> Result<Vec<ShardStats>, ApiError> {
@@ -86,8 +106,10 @@ pub async fn metrics(api: &Api, req: &Request) -> ApiResult {
     let mut latency: std::collections::BTreeMap<String, Histogram<u64>> = Default::default();
     let mut fsync = shards::metrics::latency_histogram();
     for s in &stats {
-        for (k, n) in &s.requests.counts {
-            *requests.entry(k.clone()).or_default() += n;
+        for (route, statuses) in &s.requests.counts {
+            for (status, n) in statuses {
+                *requests.entry((route.clone(), *status)).or_default() += n;
+            }
         }
         for (route, h) in &s.requests.latency {
             let e = latency

@@ -435,7 +435,7 @@ impl Handler for Api {
                 shard
                     .requests
                     .borrow_mut()
-                    .record(&label, resp.status, micros);
+                    .record(label, resp.status, micros);
             }
             resp
         })
