@@ -2,6 +2,8 @@
 //! request counters the server records on this core. Collected by `Command::Stats` from each
 //! shard and summed (or labelled by core) by the API layer.
 
+use crate::config::Durability;
+use crate::shard::{now_ms, Shard};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 
@@ -70,5 +72,55 @@ impl std::fmt::Debug for ShardStats {
             .field("shard", &self.shard)
             .field("records", &self.records)
             .finish_non_exhaustive()
+    }
+}
+
+impl Shard {
+    /// This core's figures for `/v0/metrics`.
+    pub fn stats(&self) -> ShardStats {
+        let now = now_ms();
+        let mut s = ShardStats {
+            shard: self.opts.id,
+            topics_by_class: [0; 4],
+            queues: 0,
+            routers: self.routers.borrow().len() as u64,
+            sessions: self.sessions.borrow().len() as u64,
+            records: 0,
+            bytes: 0,
+            leases_in_flight: 0,
+            hot_tail_bytes: 0,
+            segments: self.store.list().len() as u64,
+            checkpoints: self.ckpt.completed.get(),
+            wal_frames: self.wal.stats.frames.get(),
+            wal_flushes: self.wal.stats.flushes.get(),
+            wal_bytes_written: self.wal.stats.bytes_written.get(),
+            wal_rotations: self.wal.stats.rotations.get(),
+            wal_pending_bytes: self.wal.pending_bytes(),
+            fsync: self
+                .wal
+                .stats
+                .sync_latency
+                .borrow()
+                .clone()
+                .unwrap_or_else(latency_histogram),
+            requests: self.requests.borrow().clone(),
+        };
+        for t in self.topics.borrow().values() {
+            let class = match t.config.durability {
+                Durability::Fsync => 0,
+                Durability::Disk => 1,
+                Durability::Memory => 2,
+                Durability::Ephemeral => 3,
+            };
+            s.topics_by_class[class] += 1;
+            s.records += t.count;
+            s.bytes += t.bytes;
+            s.hot_tail_bytes += t.mem_bytes;
+            if let Some(q) = &t.queue {
+                s.queues += 1;
+                s.leases_in_flight += q.in_flight(now);
+            }
+        }
+        s
     }
 }
