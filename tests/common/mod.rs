@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod model;
 pub mod queue;
 pub mod sse;
 pub mod storage;
