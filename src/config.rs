@@ -88,6 +88,21 @@ pub struct Config {
     /// Most open SSE streams at once (0 = unlimited); past it opening a stream gets 429.
     #[arg(long, env = "TOPICS_MAX_SSE_CONNECTIONS", default_value_t = 10_000)]
     pub max_sse_connections: usize,
+
+    /// Durable Streams (`/v1/stream/*`): how long a `live=long-poll` read waits for data
+    /// before it answers 204.
+    #[arg(long, env = "TOPICS_DS_LONG_POLL_MS", default_value_t = 20_000)]
+    pub ds_long_poll_ms: u64,
+
+    /// Durable Streams: how long a `live=sse` response stays open before the server closes
+    /// it (clients reconnect from the last offset; the protocol asks for about 60 s).
+    #[arg(long, env = "TOPICS_DS_SSE_MS", default_value_t = 60_000)]
+    pub ds_sse_ms: u64,
+
+    /// Durable Streams: the commit class of streams (fsync, disk or memory); `fsync`
+    /// acknowledges an append once it is on stable storage.
+    #[arg(long, env = "TOPICS_DS_DURABILITY", default_value = "fsync")]
+    pub ds_durability: String,
 }
 
 impl Config {

@@ -45,6 +45,8 @@ pub struct Global {
     /// API keys (empty: auth off).
     pub keys: crate::api::auth::Keys,
     pub probe_auth: bool,
+    /// Durable Streams settings.
+    pub ds: crate::api::streams::Settings,
 }
 
 impl Global {
@@ -326,6 +328,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         quiesced: AtomicUsize::new(0),
         keys,
         probe_auth: cfg.probe_auth,
+        ds: crate::api::streams::Settings::from_config(&cfg)?,
     });
     install_signal_handler(global.clone())?;
     let mesh = MeshBuilder::<Envelope, _>::full(shards, 1024);

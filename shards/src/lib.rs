@@ -15,6 +15,7 @@ pub mod router;
 pub mod segment;
 pub mod shard;
 pub mod snapshot;
+pub mod stream;
 pub mod topic;
 pub mod wal;
 pub mod watch;

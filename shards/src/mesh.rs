@@ -86,6 +86,8 @@ pub enum Command {
     /// Queues (SPEC §7).
     Claim(ClaimCmd),
     Queue(QueueCmd),
+    /// Durable Streams (`/v1`).
+    Stream(crate::stream::StreamCmd),
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +209,7 @@ impl Command {
             Command::Diff(d) => Some(&d.topic),
             Command::Claim(c) => Some(&c.topic),
             Command::Queue(c) => Some(&c.topic),
+            Command::Stream(c) => Some(c.topic()),
             Command::InstallRouter { config, .. } => Some(&config.source),
             Command::ListTopics { .. }
             | Command::Stats
@@ -234,6 +237,9 @@ pub struct AppendCmd {
     pub router_mark: Option<RouterMark>,
     /// Under overload, wait for room instead of being refused with 429.
     pub disable_backpressure: bool,
+    /// A Durable Stream append: its headers are checked against the stream's state, and
+    /// what it changes there is logged with the records.
+    pub stream: Option<crate::stream::StreamAppend>,
 }
 
 #[derive(Debug)]
@@ -299,6 +305,8 @@ pub enum ShardError {
     /// Out of disk space: the write was refused and nothing of it is visible (`507`).
     DiskFull,
     Storage(String),
+    /// A Durable Streams refusal.
+    Stream(crate::stream::StreamError),
 }
 
 #[derive(Debug)]
@@ -319,6 +327,7 @@ pub enum Reply {
     Claimed(ClaimReply),
     Stats(Box<crate::metrics::ShardStats>),
     Queue(QueueReply),
+    Stream(crate::stream::StreamReply),
     Err(ShardError),
 }
 
@@ -370,6 +379,8 @@ pub struct AppendReply {
     pub last_seq: u64,
     pub head_seq: u64,
     pub timings: Timings,
+    /// A Durable Stream append's outcome.
+    pub stream: Option<crate::stream::StreamAck>,
 }
 
 #[derive(Debug)]

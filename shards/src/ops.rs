@@ -6,6 +6,7 @@
 use crate::codec::{Dec, Enc};
 use crate::config::TopicConfig;
 use crate::mesh::RouterConfig;
+use crate::stream::{StreamStamp, StreamState};
 use crate::topic::{NewRecord, TagMatch};
 use crate::watch::WatchSpec;
 use std::sync::Arc;
@@ -18,6 +19,10 @@ pub const K_DROP: u8 = 14;
 pub const K_SKIPPED: u8 = 15;
 pub const K_SETTLE: u8 = 16;
 pub const K_DELETE_SEQS: u8 = 17;
+/// An append to a Durable Stream: [`K_APPEND`]'s body, then the stream stamp.
+pub const K_STREAM_APPEND: u8 = 18;
+/// A Durable Stream's whole state (creation, close without data, fork references).
+pub const K_STREAM_STATE: u8 = 19;
 pub const K_QUEUE_LEASE: u8 = 40;
 pub const K_QUEUE_RELEASE: u8 = 41;
 pub const K_QUEUE_DEAD: u8 = 42;
@@ -43,6 +48,12 @@ pub enum Op {
         records: Vec<NewRecord>,
         /// Exactly-once router mark: (router, last source seq), committed with the records.
         mark: Option<(String, u64)>,
+        /// A Durable Stream's producer, `Stream-Seq` and close, committed with the records.
+        stream: Option<Box<StreamStamp>>,
+    },
+    StreamState {
+        topic: String,
+        state: Box<StreamState>,
     },
     /// An ephemeral topic's append: the seqs and key are logged, the records are not.
     Skipped {
@@ -147,7 +158,9 @@ impl Op {
     pub fn kind(&self) -> u8 {
         match self {
             Op::Config { .. } => K_CONFIG,
-            Op::Append { .. } => K_APPEND,
+            Op::Append { stream: None, .. } => K_APPEND,
+            Op::Append { .. } => K_STREAM_APPEND,
+            Op::StreamState { .. } => K_STREAM_STATE,
             Op::Skipped { .. } => K_SKIPPED,
             Op::Reserve { .. } => K_RESERVE,
             Op::Delete { .. } => K_DELETE,
@@ -170,6 +183,7 @@ impl Op {
         match self {
             Op::Config { topic, .. }
             | Op::Append { topic, .. }
+            | Op::StreamState { topic, .. }
             | Op::Skipped { topic, .. }
             | Op::Reserve { topic, .. }
             | Op::Delete { topic, .. }
@@ -199,6 +213,7 @@ impl Op {
                 idem_key,
                 records,
                 mark,
+                stream,
                 ..
             } => {
                 e.u64(*first_seq)
@@ -216,7 +231,18 @@ impl Op {
                         .opt_bytes(r.meta.as_deref())
                         .u8(r.hops);
                 }
+                if let Some(s) = stream {
+                    match &s.producer {
+                        Some((id, epoch, seq)) => {
+                            e.u8(1).bytes(id.as_bytes()).u64(*epoch).u64(*seq)
+                        }
+                        None => e.u8(0),
+                    };
+                    e.opt_bytes(s.stream_seq.as_deref().map(str::as_bytes))
+                        .u8(s.close as u8);
+                }
             }
+            Op::StreamState { state, .. } => state.encode(&mut e),
             Op::Skipped {
                 first_seq,
                 count,
@@ -316,7 +342,7 @@ impl Op {
                 topic,
                 config: TopicConfig::decode(&mut d)?,
             },
-            K_APPEND => {
+            K_APPEND | K_STREAM_APPEND => {
                 let first_seq = d.u64()?;
                 let ts = d.u64()?;
                 let idem_key = key(&mut d)?;
@@ -336,6 +362,20 @@ impl Op {
                         hops: d.u8()?,
                     });
                 }
+                let stream = if kind == K_STREAM_APPEND {
+                    let producer = match d.u8()? {
+                        0 => None,
+                        1 => Some((d.str()?.to_owned(), d.u64()?, d.u64()?)),
+                        _ => return None,
+                    };
+                    Some(Box::new(StreamStamp {
+                        producer,
+                        stream_seq: d.opt_str()?.map(str::to_owned),
+                        close: d.u8()? != 0,
+                    }))
+                } else {
+                    None
+                };
                 Op::Append {
                     topic,
                     first_seq,
@@ -343,8 +383,13 @@ impl Op {
                     idem_key,
                     records,
                     mark,
+                    stream,
                 }
             }
+            K_STREAM_STATE => Op::StreamState {
+                topic,
+                state: Box::new(StreamState::decode(&mut d)?),
+            },
             K_SKIPPED => Op::Skipped {
                 topic,
                 first_seq: d.u64()?,
@@ -483,6 +528,7 @@ mod tests {
                 meta: Some(Arc::from(&b"{}"[..])),
                 hops: 0,
             }],
+            stream: None,
         };
         match round_trip(op) {
             Op::Append {
@@ -490,12 +536,48 @@ mod tests {
                 first_seq,
                 records,
                 idem_key,
+                stream,
                 ..
             } => {
                 assert_eq!((topic.as_str(), first_seq), ("t", 5));
                 assert_eq!(idem_key.as_deref(), Some("k"));
                 assert_eq!(&*records[0].data, b"{ \"a\" : 1 }");
                 assert_eq!(records[0].node.as_deref(), Some("n"));
+                assert!(stream.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stream_append_round_trip_keeps_the_stamp() {
+        let stamp = StreamStamp {
+            producer: Some(("p1".into(), 3, 9)),
+            stream_seq: Some("0010".into()),
+            close: true,
+        };
+        let op = Op::Append {
+            topic: "/s/x".into(),
+            first_seq: 1,
+            ts: 2,
+            idem_key: None,
+            mark: None,
+            records: vec![NewRecord {
+                node: None,
+                tag: None,
+                data: Arc::from(&[0u8, 255, 10][..]),
+                meta: None,
+                hops: 0,
+            }],
+            stream: Some(Box::new(stamp.clone())),
+        };
+        assert_eq!(op.kind(), K_STREAM_APPEND);
+        match round_trip(op) {
+            Op::Append {
+                records, stream, ..
+            } => {
+                assert_eq!(&*records[0].data, &[0u8, 255, 10][..]);
+                assert_eq!(stream.as_deref(), Some(&stamp));
             }
             other => panic!("{other:?}"),
         }

@@ -579,6 +579,7 @@ impl Shard {
                 config: None,
                 router_mark: None,
                 disable_backpressure: true,
+                stream: None,
             });
             match remote.call(shard_for(dl, remote.shards()), cmd).await {
                 Reply::Appended(_) => {}

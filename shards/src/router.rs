@@ -440,6 +440,7 @@ impl Shard {
                         config: None,
                         // Copies wait for room rather than being shed.
                         disable_backpressure: true,
+                        stream: None,
                         router_mark: exactly_once.then(|| RouterMark {
                             router: name.clone(),
                             src_seqs,

@@ -159,6 +159,8 @@ impl ApiError {
                 "insufficient_storage",
                 "the disk is full; nothing of this request was written",
             ),
+            // Only /v1 sends stream commands, and it answers these itself.
+            ShardError::Stream(e) => Self::new(409, "conflict", format!("{e:?}")),
             ShardError::Storage(msg) => {
                 if msg.contains("No space left") || msg.contains("os error 28") {
                     Self::new(507, "insufficient_storage", "the disk is full")

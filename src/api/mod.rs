@@ -12,6 +12,7 @@ mod ops;
 mod queues;
 mod records;
 mod routers;
+pub mod streams;
 mod topics;
 mod watch;
 
@@ -264,14 +265,33 @@ impl Api {
     async fn route(&self, req: Request, start: Instant) -> ApiResult {
         use auth::{ADMIN, DELETE, READ, WRITE};
         let path = req.path.as_str();
-        let sse_get =
-            req.method == "GET" && (path.starts_with("/v0/watch/") || path.ends_with("/work"));
+        let sse_get = req.method == "GET"
+            && (path.starts_with("/v0/watch/")
+                || path.ends_with("/work")
+                || (path.starts_with(streams::PATH_PREFIX)
+                    && req.query_param("live").as_deref() == Some("sse")));
         let probe = matches!(path, "/v0/health" | "/healthz" | "/v0/ready" | "/readyz");
-        let who = if probe && !self.node.global.probe_auth {
+        // A CORS preflight carries no credentials.
+        let preflight = req.method == "OPTIONS" && path.starts_with(streams::PATH_PREFIX);
+        let who = if (probe && !self.node.global.probe_auth) || preflight {
             auth::Principal::anyone()
         } else {
             self.principal(&req, sse_get)?
         };
+        if path.starts_with(streams::PATH_PREFIX) {
+            // Durable Streams: names are checked against the key's prefixes without `/v1/stream/`.
+            if req.method != "OPTIONS" {
+                let name = &path[streams::PATH_PREFIX.len()..];
+                let need = match req.method.as_str() {
+                    "GET" | "HEAD" => READ,
+                    "DELETE" => DELETE,
+                    _ => WRITE,
+                };
+                who.require(need, &[name])?;
+                self.require_ready()?;
+            }
+            return Ok(streams::handle(self, &req, start).await);
+        }
         match path {
             "/v0/health" | "/healthz" => {
                 allow(&req, "GET")?;

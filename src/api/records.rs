@@ -201,6 +201,7 @@ pub async fn append(api: &Api, topic: String, req: &Request, start: Instant) -> 
         config,
         router_mark: None,
         disable_backpressure: body.disable_backpressure.unwrap_or(false),
+        stream: None,
     });
     let Reply::Appended(r) = api.ask(&topic, cmd).await? else {
         return Err(unexpected());

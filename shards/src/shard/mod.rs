@@ -107,9 +107,18 @@ pub(crate) fn apply(
             idem_key,
             records,
             mark,
+            stream,
         } => {
             if let Some(t) = topics.get_mut(&topic) {
                 t.apply_marked_append(first_seq, ts, idem_key.as_deref(), records, mark);
+                if let (Some(stamp), Some(s)) = (stream, t.stream.as_mut()) {
+                    s.apply_stamp(&stamp);
+                }
+            }
+        }
+        Op::StreamState { topic, state } => {
+            if let Some(t) = topics.get_mut(&topic) {
+                crate::stream::apply_state(t, *state);
             }
         }
         Op::Skipped {
@@ -430,6 +439,10 @@ impl Shard {
     }
 
     /// Refuses to create one more topic past `--max-topics` (all shards together).
+    pub(crate) fn check_topic_cap_pub(&self) -> Result<(), ShardError> {
+        self.check_topic_cap()
+    }
+
     fn check_topic_cap(&self) -> Result<(), ShardError> {
         let max = self.opts.max_topics;
         if max == 0 {
@@ -626,6 +639,7 @@ impl Shard {
             Command::Claim(c) => self.claim(c).await,
             Command::Stats => Ok(Reply::Stats(Box::new(self.stats()))),
             Command::Queue(c) => self.queue_cmd(c).await,
+            Command::Stream(c) => self.stream_cmd(c).await,
         };
         r.unwrap_or_else(Reply::Err)
     }
@@ -725,6 +739,8 @@ impl Shard {
         let out = topics
             .range_mut((start, Bound::Unbounded))
             .take_while(|(name, _)| name.starts_with(prefix))
+            // Durable Streams are not `/v0` topics.
+            .filter(|(name, _)| !name.starts_with(crate::stream::PREFIX))
             .filter(|(name, _)| {
                 allowed.is_none_or(|a| a.iter().any(|p| name.starts_with(p.as_str())))
             })

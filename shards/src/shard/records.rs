@@ -8,7 +8,7 @@ use super::*;
 type ResolvedDelete = (u64, u64, u64, Vec<(u64, u64)>);
 
 impl Shard {
-    pub(super) async fn append(&self, cmd: AppendCmd) -> Result<Reply, ShardError> {
+    pub(crate) async fn append(&self, cmd: AppendCmd) -> Result<Reply, ShardError> {
         let t0 = Instant::now();
         let now = now_ms();
         let AppendCmd {
@@ -18,6 +18,7 @@ impl Shard {
             create,
             config,
             router_mark,
+            stream: stream_req,
             ..
         } = cmd;
         let mut records = records;
@@ -51,8 +52,46 @@ impl Shard {
                 self.update_gauge(&topics);
                 created = true;
             }
+            if stream_req.is_some() {
+                // Expired streams go here; deleted ones answer 410.
+                self.live_stream(&mut topics, &topic, false)?;
+            }
             let t = topics.get_mut(&topic).ok_or(ShardError::TopicNotFound)?;
             t.expire(now);
+            let mut stamp = None;
+            let mut stream_ack = None;
+            if let Some(req) = &stream_req {
+                let head = t.visible_seq;
+                let s = t
+                    .stream
+                    .as_mut()
+                    .ok_or(ShardError::Stream(crate::stream::StreamError::NotAStream))?;
+                s.touched_ms = now;
+                let verdict = crate::stream::admit(s, req, !records.is_empty(), head)
+                    .map_err(ShardError::Stream)?;
+                if let Some(ack) = verdict {
+                    return Ok(Reply::Appended(AppendReply {
+                        created: false,
+                        deduped: true,
+                        first_seq: head,
+                        last_seq: head,
+                        head_seq: head,
+                        timings: Timings::default(),
+                        stream: Some(ack),
+                    }));
+                }
+                stamp = Some(Box::new(crate::stream::StreamStamp {
+                    producer: req.producer.clone(),
+                    stream_seq: req.stream_seq.clone(),
+                    close: req.close,
+                }));
+                stream_ack = Some(crate::stream::StreamAck {
+                    base: s.meta.fork_base,
+                    producer_seq: req.producer.as_ref().map(|p| p.2),
+                    duplicate: false,
+                    closed: req.close,
+                });
+            }
             if let Some(key) = idempotency_key.as_deref() {
                 if let Some(e) = t.idem_lookup(key, now) {
                     return Ok(Reply::Appended(AppendReply {
@@ -62,6 +101,7 @@ impl Shard {
                         last_seq: e.last_seq,
                         head_seq: t.visible_seq,
                         timings: Timings::default(),
+                        stream: None,
                     }));
                 }
             }
@@ -84,6 +124,7 @@ impl Shard {
                         last_seq: t.head_seq,
                         head_seq: t.visible_seq,
                         timings: Timings::default(),
+                        stream: None,
                     }));
                 }
                 mark = m.src_seqs.last().map(|s| (m.router, *s));
@@ -123,6 +164,7 @@ impl Shard {
                     idem_key: idempotency_key,
                     records,
                     mark,
+                    stream: stamp,
                 };
                 // All or nothing: refused here (nothing applied) when the WAL has no room.
                 let lsn = self.try_log(&op, durability == Durability::Fsync)?;
@@ -130,10 +172,14 @@ impl Shard {
                     idem_key,
                     records,
                     mark,
+                    stream,
                     ..
                 } = op
                 {
                     t.apply_marked_append(first_seq, ts, idem_key.as_deref(), records, mark);
+                    if let (Some(stamp), Some(s)) = (stream, t.stream.as_mut()) {
+                        s.apply_stamp(&stamp);
+                    }
                 }
                 lsn
             };
@@ -173,6 +219,7 @@ impl Shard {
                 last_seq,
                 head_seq: t.visible_seq,
                 timings: Timings::default(),
+                stream: stream_ack,
             };
             (reply, wait_lsn, durability, t.changed.clone())
         };
@@ -266,7 +313,7 @@ impl Shard {
         }
     }
 
-    pub(super) async fn diff(&self, cmd: DiffCmd) -> Result<Reply, ShardError> {
+    pub(crate) async fn diff(&self, cmd: DiffCmd) -> Result<Reply, ShardError> {
         let deadline = Instant::now() + Duration::from_millis(cmd.wait_ms);
         loop {
             let (mut st, created, head, earliest, tombstone, dedupe_node) = {

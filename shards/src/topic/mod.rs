@@ -163,6 +163,8 @@ pub struct Topic {
     pub changed: Rc<Event>,
     /// A queue's leases and delivery counts (`type: "queue"` only).
     pub queue: Option<Box<QueueState>>,
+    /// A Durable Stream's state (`/v1`; topics named `/...` only).
+    pub stream: Option<Box<crate::stream::StreamState>>,
 }
 
 /// Seqs reserved ahead of the head of a non-`fsync` topic, so that seqs acknowledged before a
@@ -215,6 +217,7 @@ impl Topic {
         let queue = (config.topic_type == TopicType::Queue).then(|| Box::new(QueueState::new()));
         Topic {
             queue,
+            stream: None,
             config,
             store,
             created_lsn,

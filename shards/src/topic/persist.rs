@@ -196,6 +196,10 @@ impl Topic {
         if let Some(q) = &self.queue {
             q.encode(e, self.config.leases_durable);
         }
+        // Last, so snapshots of topics without it end where they always did.
+        if let Some(s) = &self.stream {
+            s.encode(e);
+        }
     }
 
     pub fn decode_state(
@@ -256,6 +260,9 @@ impl Topic {
         t.fill_holes = Some(holes);
         if t.queue.is_some() {
             t.queue = Some(Box::new(QueueState::decode(d)?));
+        }
+        if !d.is_empty() {
+            t.stream = Some(Box::new(crate::stream::StreamState::decode(d)?));
         }
         Some(t)
     }
