@@ -57,6 +57,7 @@ set +e
 STATUS=$?
 set -e
 cp "$DATA/vitest.out" "$SUITE_DIR/last-run.txt"
+cp "$LOG" "$SUITE_DIR/server.log"
 grep -E "^\s+(×|✗|FAIL)" "$DATA/vitest.out" | sed 's/^ */failed: /' | head -100 || true
 grep -E "Tests +[0-9]" "$DATA/vitest.out" || tail -20 "$DATA/vitest.out"
 echo "ds-conformance: full output in $SUITE_DIR/last-run.txt"

@@ -291,11 +291,8 @@ impl StreamState {
     /// When the stream expires (ms since the epoch), if it does.
     pub fn expiry(&self, t: &Topic) -> Option<u64> {
         let sliding = self.meta.ttl_secs.map(|ttl| {
-            let last = self
-                .created_ms
-                .max(self.touched_ms)
-                .max(t.last_write_ts)
-                .max(t.last_read_ts);
+            // Not the topic's read time: a fork's reads of its source do not keep it alive.
+            let last = self.created_ms.max(self.touched_ms).max(t.last_write_ts);
             last.saturating_add(ttl.saturating_mul(1000))
         });
         match (sliding, self.meta.expires_at_ms) {
@@ -471,6 +468,8 @@ impl Shard {
     fn unref_later(&self, source: String) {
         let Ok(remote) = self.remote() else { return };
         glommio::spawn_local(async move {
+            // The caller still holds the topic map; glommio may poll a new task at once.
+            futures_lite::future::yield_now().await;
             let shard = crate::mesh::shard_for(&source, remote.shards());
             let cmd = Command::Stream(StreamCmd::Ref {
                 topic: source,

@@ -6,7 +6,7 @@
 
 use super::{bad, is_json, offset, parse_offset, tail, From};
 use crate::api::{Api, ApiError};
-use crate::http::{sse_event, Request, Response, SseSink, SSE_CONTENT_TYPE};
+use crate::http::{Request, Response, SseSink, SSE_CONTENT_TYPE};
 use shards::mesh::Reply;
 use shards::stream::{StreamCmd, StreamInfo, StreamReply};
 use shards::{Command, Record};
@@ -99,8 +99,39 @@ struct Chunk {
 }
 
 async fn read_chunk(api: &Api, topic: &str, pos: u64, wait_ms: u64) -> Result<Chunk, ApiError> {
-    let (mut records, info) =
+    let (mut records, mut info) =
         read_at(api, topic, pos, u64::MAX, READ_RECORDS, wait_ms, false).await?;
+    // What a fork inherited ends at its fork base: go on with the fork's own records.
+    let mut at = records.last().map_or(pos, |(p, _)| *p);
+    while pos < info.meta.fork_base && at <= info.meta.fork_base && records.len() < READ_RECORDS {
+        let bytes: usize = records.iter().map(|(_, r)| r.data.len()).sum();
+        if bytes >= READ_BYTES {
+            break;
+        }
+        let from = if records.is_empty() {
+            // The source holds nothing there (never expected): skip to the fork's own.
+            info.meta.fork_base
+        } else {
+            at
+        };
+        let (more, i) = read_at(
+            api,
+            topic,
+            from,
+            u64::MAX,
+            READ_RECORDS - records.len(),
+            0,
+            false,
+        )
+        .await?;
+        info = i;
+        let before = at;
+        at = more.last().map_or(from, |(p, _)| *p);
+        records.extend(more);
+        if at == before {
+            break;
+        }
+    }
     let mut bytes = 0usize;
     let mut keep = 0;
     for (_, r) in &records {
@@ -321,6 +352,34 @@ async fn long_poll(
     Ok(resp)
 }
 
+/// One SSE event, written `data:<line>` as the protocol's clients expect: every line break of
+/// `data` (CR, LF or CRLF) starts a new `data:` line, so a payload cannot end the event or
+/// start another; a line starting with a space gets one more (the parser strips one).
+fn event(out: &mut Vec<u8>, name: &str, data: &[u8]) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    let mut rest = data;
+    loop {
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .unwrap_or(rest.len());
+        out.extend_from_slice(b"data:");
+        if rest.first() == Some(&b' ') {
+            out.push(b' ');
+        }
+        out.extend_from_slice(&rest[..end]);
+        out.push(b'\n');
+        if end == rest.len() {
+            break;
+        }
+        let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
+        rest = &rest[end + 1 + usize::from(crlf)..];
+    }
+    out.push(b'\n');
+}
+
 /// Standard base64 with padding.
 pub fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -432,8 +491,8 @@ async fn serve_sse(
         if had_data {
             let raw = body(&chunk.info.meta.content_type, &chunk.records);
             match mode {
-                Mode::Base64 => sse_event(&mut out, None, "data", base64(&raw).as_bytes()),
-                Mode::Json | Mode::Text => sse_event(&mut out, None, "data", &raw),
+                Mode::Base64 => event(&mut out, "data", base64(&raw).as_bytes()),
+                Mode::Json | Mode::Text => event(&mut out, "data", &raw),
             }
             pos = chunk.next;
         }
@@ -452,7 +511,7 @@ async fn serve_sse(
                 control.push_str(",\"streamClosed\":true");
             }
             control.push('}');
-            sse_event(&mut out, None, "control", control.as_bytes());
+            event(&mut out, "control", control.as_bytes());
         } else {
             out.extend_from_slice(b": hb\n\n");
         }
@@ -472,6 +531,16 @@ async fn serve_sse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_split_lines_and_keep_leading_spaces() {
+        let mut out = Vec::new();
+        event(&mut out, "data", b"a\r\n\r\nevent: x\r b\nc");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "event: data\ndata:a\ndata:\ndata:event: x\ndata:  b\ndata:c\n\n"
+        );
+    }
 
     #[test]
     fn base64_matches_the_standard() {
