@@ -4,6 +4,8 @@
 #
 #   scripts/ds-conformance.sh            # build, install the suite, run it
 #   DS_FILTER="Fork" scripts/ds-conformance.sh   # only tests whose name matches
+#   DS_PROFILE=debug scripts/ds-conformance.sh   # the debug build
+#   DS_BIN=path/to/topics scripts/ds-conformance.sh  # a given binary (tests/ds_conformance.rs)
 #
 # The suite's CLI is broken, so it runs through vitest with a three-line test file. It needs
 # Node.js and npm (npm registry access on the first run; the install is cached in
@@ -18,8 +20,15 @@ LONG_POLL_MS=${DS_LONG_POLL_MS:-500}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 command -v npm >/dev/null || { echo "ds-conformance: npm is not installed" >&2; exit 2; }
-cargo build --release --quiet
-BIN=$TARGET_DIR/release/topics
+if [ -n "${DS_BIN:-}" ]; then
+  BIN=$DS_BIN
+elif [ "${DS_PROFILE:-release}" = debug ]; then
+  cargo build --quiet
+  BIN=$TARGET_DIR/debug/topics
+else
+  cargo build --release --quiet
+  BIN=$TARGET_DIR/release/topics
+fi
 
 mkdir -p "$SUITE_DIR"
 if [ ! -f "$SUITE_DIR/node_modules/@durable-streams/server-conformance-tests/package.json" ] ||

@@ -105,7 +105,7 @@ pub enum StreamError {
 }
 
 /// The stream-level outcome of an append (in [`crate::mesh::AppendReply`]).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StreamAck {
     /// The stream's fork base: positions are `base + seq`.
     pub base: u64,
@@ -426,7 +426,7 @@ impl Shard {
     }
 
     /// Drops an expired stream (soft-deletes it while forks read it).
-    fn expire_stream(
+    pub(crate) fn expire_stream(
         &self,
         topics: &mut std::collections::BTreeMap<String, Box<Topic>>,
         topic: &str,

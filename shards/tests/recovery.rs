@@ -77,6 +77,7 @@ async fn append(shard: &Rc<Shard>, topic: &str, data: &[&str]) -> (u64, u64) {
         }),
         router_mark: None,
         disable_backpressure: false,
+        stream: None,
     });
     match shard.execute(cmd).await {
         Reply::Appended(r) => (r.first_seq, r.last_seq),

@@ -35,6 +35,7 @@ pub fn route_label(method: &str, path: &str) -> &'static str {
         "/v0/routers" => "/v0/routers",
         _ if path.starts_with("/v0/watch/") => "/v0/watch/:wid",
         _ if path.starts_with("/v0/routers/") => "/v0/routers/:name",
+        _ if path.starts_with("/v1/stream/") => "/v1/stream/:name",
         _ => match path.strip_prefix("/v0/topics/").map(|r| r.split_once('/')) {
             Some(None) => "/v0/topics/:topic",
             Some(Some((_, action))) => match action {

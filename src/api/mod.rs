@@ -278,10 +278,9 @@ impl Api {
         } else {
             self.principal(&req, sse_get)?
         };
-        if path.starts_with(streams::PATH_PREFIX) {
+        if let Some(name) = path.strip_prefix(streams::PATH_PREFIX) {
             // Durable Streams: names are checked against the key's prefixes without `/v1/stream/`.
             if req.method != "OPTIONS" {
-                let name = &path[streams::PATH_PREFIX.len()..];
                 let need = match req.method.as_str() {
                     "GET" | "HEAD" => READ,
                     "DELETE" => DELETE,

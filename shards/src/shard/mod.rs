@@ -374,6 +374,21 @@ impl Shard {
                 if let Some(g) = shard.opts.all_bytes_gauges.get(shard.opts.id) {
                     g.store(bytes, std::sync::atomic::Ordering::Relaxed);
                 }
+                // Durable Streams past their TTL or expiry go even if nobody asks for them.
+                let expired: Vec<String> = topics
+                    .iter()
+                    .filter(|(_, t)| {
+                        t.stream.as_ref().is_some_and(|s| {
+                            !s.soft_deleted && s.expiry(t).is_some_and(|e| now >= e)
+                        })
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                if !expired.is_empty() && shard.check_writable().is_ok() {
+                    for name in expired {
+                        shard.expire_stream(&mut topics, &name);
+                    }
+                }
                 drop(topics);
                 // Connections free their request buffers when they turn into long-lived
                 // streams; give such freed pages back to the OS instead of keeping them.

@@ -22,7 +22,7 @@ impl Shard {
             ..
         } = cmd;
         let mut records = records;
-        let (reply, wait_lsn, durability, changed) = {
+        let (reply, wait_lsn, durability, changed) = 'append: {
             let mut topics = self.topics.borrow_mut();
             let mut created = false;
             if !topics.contains_key(&topic) {
@@ -70,6 +70,22 @@ impl Shard {
                 let verdict = crate::stream::admit(s, req, !records.is_empty(), head)
                     .map_err(ShardError::Stream)?;
                 if let Some(ack) = verdict {
+                    // The original may still be on its way to the disk: answer the retry
+                    // only once everything logged so far is durable.
+                    if t.visible_seq < t.head_seq {
+                        let tail = t.head_seq;
+                        let reply = AppendReply {
+                            created: false,
+                            deduped: true,
+                            first_seq: tail,
+                            last_seq: tail,
+                            head_seq: tail,
+                            timings: Timings::default(),
+                            stream: Some(ack),
+                        };
+                        let lsn = self.wal.last_lsn();
+                        break 'append (reply, Some(lsn), t.config.durability, t.changed.clone());
+                    }
                     return Ok(Reply::Appended(AppendReply {
                         created: false,
                         deduped: true,

@@ -166,7 +166,7 @@ pub fn strict_uint(s: &str) -> Option<u64> {
     if b.len() > 1 && b[0] == b'0' {
         return None;
     }
-    s.parse::<u64>().ok().filter(|v| *v <= (1u64 << 53) - 1)
+    s.parse::<u64>().ok().filter(|v| *v < (1u64 << 53))
 }
 
 /// `Producer-Id`, `-Epoch`, `-Seq`: all or none.
