@@ -12,7 +12,8 @@
 # 1000"), IDLE_STREAMS (10000), HOLD (5 s the idle streams are held), PORT (4781), OUT_DIR
 # (perf/results), CARGO_TARGET_DIR (target), LOAD_ARGS (extra topics-load flags), QUIET_WAIT
 # (60: seconds to wait before each run for other work on the machine to stop), TOPICS_SERVER
-# (a prebuilt server binary instead of the workspace's; TOPICS_SERVER_COMMIT names its commit).
+# (a prebuilt server binary instead of the workspace's; TOPICS_SERVER_COMMIT names its commit),
+# ROWS ("fanout idle router": which workloads to run, e.g. ROWS=fanout for the fan-out rows only).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,7 +28,9 @@ OUT_DIR=${OUT_DIR:-$ROOT/perf/results}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 LOAD_ARGS=${LOAD_ARGS:-}
 QUIET_WAIT=${QUIET_WAIT:-60}
-COMMAND="DURATION=$DURATION scripts/live.sh${*:+ $*}"
+ROWS_GIVEN=${ROWS:-}
+ROWS=${ROWS:-fanout idle router}
+COMMAND="DURATION=$DURATION${ROWS_GIVEN:+ ROWS=\"$ROWS_GIVEN\"} scripts/live.sh${*:+ $*}"
 
 case "${1:-}" in
     -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -192,15 +195,23 @@ run() {
 BUSY_BEFORE=$(cpu_busy_pct)
 [ "$BUSY_BEFORE" -gt 10 ] && log "warning: the machine is ${BUSY_BEFORE}% busy before the run"
 
-for n in $WATCHERS; do
-    run --workload fanout --watchers "$n" --rate "$RATE"
-done
-# The streams are held HOLD seconds: DURATION is the hold time for watch-idle.
-DURATION_SAVED=$DURATION
-DURATION=$HOLD
-run --workload watch-idle --watchers "$IDLE_STREAMS" --server-pid SERVER_PID
-DURATION=$DURATION_SAVED
-run --workload router --durability disk
+want() { case " $ROWS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+if want fanout; then
+    for n in $WATCHERS; do
+        run --workload fanout --watchers "$n" --rate "$RATE"
+    done
+fi
+if want idle; then
+    # The streams are held HOLD seconds: DURATION is the hold time for watch-idle.
+    DURATION_SAVED=$DURATION
+    DURATION=$HOLD
+    run --workload watch-idle --watchers "$IDLE_STREAMS" --server-pid SERVER_PID
+    DURATION=$DURATION_SAVED
+fi
+if want router; then
+    run --workload router --durability disk
+fi
 
 NPROC=$(nproc)
 MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)

@@ -25,7 +25,9 @@ pub use conn::serve_connection;
 #[allow(unused_imports)]
 pub use response::{status_reason, write_response};
 #[allow(unused_imports)]
-pub use sse::{sse_event, Closed, SseSink, StreamBody, SSE_CONTENT_TYPE, SSE_HEARTBEAT, SSE_RETRY};
+pub use sse::{
+    sse_event, Closed, DirectWriter, SseSink, StreamBody, SSE_CONTENT_TYPE, SSE_HEARTBEAT, SSE_RETRY,
+};
 
 /// One parsed request, body fully read and de-chunked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -67,6 +67,9 @@ impl SseSink {
         if shared.closed.get() {
             return Err(gone());
         }
+        // While this send runs, a [`DirectWriter`] writes nothing (its bytes would land in
+        // the middle of ours); reset however the send ends, also when it is dropped.
+        let _sending = Sending::start(shared);
         let write = async {
             let mut rest = bytes;
             while !rest.is_empty() {
@@ -104,6 +107,69 @@ impl SseSink {
     pub fn is_closed(&self) -> bool {
         self.shared.closed.get()
     }
+
+    /// A handle that writes to this stream's socket without waiting, for another task of
+    /// the same executor (e.g. one that hands the same frame to many streams).
+    pub fn direct(&self) -> DirectWriter {
+        DirectWriter {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Marks a [`SseSink::send`] in progress.
+struct Sending<'a>(&'a Shared);
+
+impl<'a> Sending<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        shared.sending.set(true);
+        Sending(shared)
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.sending.set(false);
+    }
+}
+
+/// See [`SseSink::direct`]: writes what the socket takes at once, never waits.
+pub struct DirectWriter {
+    shared: Rc<Shared>,
+}
+
+impl DirectWriter {
+    /// Writes as much of `bytes` as the socket takes right now and returns how much that
+    /// was: all of it normally, a prefix or 0 when the peer reads slowly (or while the
+    /// stream's own [`SseSink::send`] is in progress, which then writes nothing). The rest
+    /// is the caller's to send, through the sink, before anything else. Fails once the
+    /// connection is gone (and marks the stream closed).
+    pub fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        let shared = &*self.shared;
+        if shared.closed.get() {
+            return Err(gone());
+        }
+        if shared.sending.get() || bytes.is_empty() {
+            return Ok(0);
+        }
+        // A write that would block registers interest with this no-op waker; the sink's
+        // next send registers its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        match shared.poll_write(&mut cx, bytes) {
+            Poll::Ready(Ok(n)) => Ok(n),
+            Poll::Ready(Err(e)) => {
+                debug!("http: stream direct write failed: {e}");
+                shared.mark_closed();
+                Err(e)
+            }
+            Poll::Pending => Ok(0),
+        }
+    }
+
+    /// Whether the connection is known to be closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.get()
+    }
 }
 
 /// See [`SseSink::closed`].
@@ -126,6 +192,8 @@ struct Shared {
     /// Taken (and so closed) when the stream ends.
     stream: RefCell<Option<TcpStream>>,
     closed: Cell<bool>,
+    /// A [`SseSink::send`] is in progress.
+    sending: Cell<bool>,
     /// Tasks waiting in `poll_closed`, one waker per task.
     waiters: RefCell<Vec<Waker>>,
 }
@@ -193,6 +261,7 @@ pub(crate) async fn run_stream(stream: TcpStream, body: StreamBody) {
     let shared = Rc::new(Shared {
         stream: RefCell::new(Some(stream)),
         closed: Cell::new(false),
+        sending: Cell::new(false),
         waiters: RefCell::new(Vec::new()),
     });
     let mut producer = body(SseSink {

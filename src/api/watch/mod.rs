@@ -1,10 +1,13 @@
 //! Live SSE watch (SPEC §6): `POST /v0/watch` creates a session, `GET /v0/watch/:wid` streams.
 //!
 //! The session (spec and cursors) lives on the shard `hash(wid)`. The stream is served by the
-//! core that accepted the connection: one reader task per topic long-polls the topic's owning
-//! shard (woken by appends, no polling loop) and hands each batch to the stream through a
-//! bounded channel, so a slow reader holds at most one batch per topic in memory. Progress is
-//! written back to the session as the stream advances.
+//! core that accepted the connection: it subscribes each of its topics to a long-poll of the
+//! topic's owning shard shared by every stream at that position on this core (woken by
+//! appends, no polling loop). The poll's answer is written straight to the sockets of live
+//! single-topic streams, one serialised frame for all of them, and handed to the stream's
+//! task otherwise (see `reader`); a stream subscribes again only once its batch is written,
+//! so a slow reader holds at most one batch per topic in memory. Progress is written back to
+//! the session as the stream advances.
 
 use super::auth::Principal;
 use super::json::Obj;
@@ -14,13 +17,12 @@ use super::{
 };
 use crate::http::{sse_event, Request, Response, SseSink, SSE_HEARTBEAT, SSE_RETRY};
 use crate::runtime::Node;
-use glommio::channels::local_channel;
 use serde::Deserialize;
 use serde_json::json;
 use shards::mesh::{DiffCmd, DiffReply};
 use shards::watch::{WatchSpec, SESSION_TTL_MS};
 use shards::{shard_for, Command, Reply, ShardError};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::rc::Rc;
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 
 mod reader;
 
-use reader::Reader;
+use reader::{Direct, PollResult, Sub, Wake};
 
 const MAX_TOPICS: usize = 256;
 /// How long one reader long-poll waits before asking again.
@@ -361,8 +363,9 @@ fn frame_cache_put(key: FrameKey, data: Rc<Vec<u8>>) {
 }
 
 enum Next {
-    Event((usize, Event)),
+    Ready(Vec<usize>),
     Timer,
+    Closed,
     Shutdown,
 }
 
@@ -370,6 +373,36 @@ enum Event {
     Read { diff: Rc<DiffReply>, first: bool },
     Deleted,
     Failed(ShardError),
+}
+
+/// The `event: record` frame of `chunk`; `flags` as in [`FrameKey`].
+fn record_frame(
+    topic: &str,
+    chunk: &[shards::Record],
+    flags: u8,
+    from: u64,
+    to: u64,
+    head: u64,
+    id: &str,
+) -> Vec<u8> {
+    let size: usize = chunk.iter().map(reader::record_size).sum();
+    let mut data = Vec::with_capacity(size + 128);
+    let mut o = Obj::new(&mut data);
+    o.str("topic", topic);
+    write_records(
+        o.key("records"),
+        chunk,
+        flags & 1 != 0,
+        flags & 2 != 0,
+        flags & 4 != 0,
+    );
+    o.u64("from_seq", from)
+        .u64("to_seq", to)
+        .u64("head_seq", head);
+    o.end();
+    let mut frame = Vec::with_capacity(data.len() + id.len() + 32);
+    sse_event(&mut frame, Some(id), "record", &data);
+    frame
 }
 
 struct Stream {
@@ -405,6 +438,11 @@ impl Stream {
         sse_event(out, Some(&self.id()), event, data);
     }
 
+    fn flags(&self) -> u8 {
+        let s = &self.spec;
+        s.include_tags as u8 | (s.include_meta as u8) << 1 | (s.include_data as u8) << 2
+    }
+
     async fn run(mut self, mut sink: SseSink) {
         let streams = &self.node.streams;
         streams.set(streams.get() + 1);
@@ -418,22 +456,44 @@ impl Stream {
     }
 
     async fn serve(&mut self, sink: &mut SseSink) {
-        let stop = Rc::new(Cell::new(false));
-        let (tx, rx) = local_channel::new_bounded(self.spec.cursors.len().max(1));
-        let tx = Rc::new(tx);
-        for (idx, (topic, from)) in self.spec.cursors.iter().enumerate() {
-            let reader = Reader {
-                node: self.node.clone(),
-                idx,
-                topic: topic.clone(),
-                cursor: *from,
-                limit: self.spec.limit as usize,
-                nodes: self.spec.nodes.clone(),
-                strong: self.spec.strong,
-            };
-            glommio::spawn_local(reader.run(tx.clone(), stop.clone())).detach();
+        let wake = Rc::new(Wake::default());
+        // A single-topic stream without a node filter can take frames shared with other
+        // streams straight from the fan-out (its `id:` is the same for all of them).
+        let direct = self.spec.cursors.len() == 1;
+        let subs: Vec<Rc<Sub>> = self
+            .spec
+            .cursors
+            .iter()
+            .enumerate()
+            .map(|(idx, (topic, from))| {
+                let direct = direct.then(|| Direct {
+                    writer: sink.direct(),
+                    flags: self.flags(),
+                    max_batch_bytes: self.spec.max_batch_bytes as usize,
+                    live: Cell::new(false),
+                    cursor: Cell::new(*from),
+                    last_send: Cell::new(None),
+                    moved: Cell::new(false),
+                    pending: RefCell::new(None),
+                });
+                let sub = Sub::new(idx, topic.clone(), *from, &self.spec, wake.clone(), direct);
+                Rc::new(sub)
+            })
+            .collect();
+        for sub in &subs {
+            sub.first_read(&self.node);
         }
-        drop(tx);
+        self.stream_loop(sink, &wake, &subs).await;
+        for sub in &subs {
+            sub.leave();
+        }
+        if let Some(d) = subs.first().and_then(|s| s.direct.as_ref()) {
+            self.cursors.insert(subs[0].topic.clone(), d.cursor.get());
+        }
+        self.progress(true).await;
+    }
+
+    async fn stream_loop(&mut self, sink: &mut SseSink, wake: &Wake, subs: &[Rc<Sub>]) {
         let heartbeat = Duration::from_millis(self.spec.heartbeat_ms);
         let mut last_progress = Instant::now();
         let mut last_send = Instant::now();
@@ -443,80 +503,135 @@ impl Stream {
         // wake-up finds nothing due and re-arms it.
         let mut timer_at = last_send + heartbeat;
         let mut timer = glommio::timer::Timer::new(heartbeat);
-        if sink.send(SSE_RETRY).await.is_ok() {
-            loop {
-                let closed = sink.closed();
-                let node = self.node.clone();
-                // Wake for the heartbeat, or sooner to save cursors that moved while idle.
-                let heartbeat_at = last_send + heartbeat;
-                let wake_at = if dirty {
-                    heartbeat_at.min(last_progress + PROGRESS_EVERY)
-                } else {
-                    heartbeat_at
-                };
-                if wake_at < timer_at {
-                    timer_at = wake_at;
-                    timer.reset(wake_at.saturating_duration_since(Instant::now()));
-                }
-                let next = futures_lite::future::or(
-                    async { rx.recv().await.map(Next::Event) },
+        if sink.send(SSE_RETRY).await.is_err() {
+            return;
+        }
+        let node = self.node.clone();
+        let mut closed = std::pin::pin!(sink.closed());
+        let mut draining = std::pin::pin!(node.draining());
+        let mut out = Vec::new();
+        let mut resubscribe = Vec::new();
+        loop {
+            // Wake for the heartbeat, or sooner to save cursors that moved while idle.
+            let heartbeat_at = last_send + heartbeat;
+            let wake_at = if dirty {
+                heartbeat_at.min(last_progress + PROGRESS_EVERY)
+            } else {
+                heartbeat_at
+            };
+            if wake_at < timer_at {
+                timer_at = wake_at;
+                timer.reset(wake_at.saturating_duration_since(Instant::now()));
+            }
+            let next = futures_lite::future::or(
+                async { Next::Ready(wake.wait().await) },
+                futures_lite::future::or(
+                    async {
+                        (&mut timer).await;
+                        Next::Timer
+                    },
                     futures_lite::future::or(
                         async {
-                            (&mut timer).await;
-                            Some(Next::Timer)
+                            (&mut closed).await;
+                            Next::Closed
                         },
-                        futures_lite::future::or(
-                            async {
-                                closed.await;
-                                None
-                            },
-                            async {
-                                node.draining().await;
-                                Some(Next::Shutdown)
-                            },
-                        ),
+                        async {
+                            (&mut draining).await;
+                            Next::Shutdown
+                        },
                     ),
-                )
-                .await;
-                let mut out = Vec::new();
-                let mut end = false;
-                match next {
-                    None => break,
-                    Some(Next::Timer) => {
-                        let now = Instant::now();
-                        // Re-armed for whatever is due next (below, at the loop's top).
-                        timer_at = now + heartbeat;
-                        timer.reset(heartbeat);
-                        if now >= heartbeat_at {
-                            out.extend_from_slice(SSE_HEARTBEAT);
-                        }
-                    }
-                    Some(Next::Event((idx, ev))) => end = self.on_event(idx, ev, &mut out),
-                    Some(Next::Shutdown) => {
-                        end = true;
-                        let ev = Event::Failed(ShardError::ShuttingDown);
-                        self.on_event(0, ev, &mut out);
-                    }
+                ),
+            )
+            .await;
+            // What the fan-out wrote meanwhile.
+            if let Some((sub, d)) = subs.first().and_then(|s| Some((s, s.direct.as_ref()?))) {
+                if d.moved.take() {
+                    dirty = true;
+                    self.cursors.insert(sub.topic.clone(), d.cursor.get());
                 }
-                if !out.is_empty() {
-                    if sink.send(&out).await.is_err() {
-                        break;
-                    }
-                    last_send = Instant::now();
-                    dirty |= out != SSE_HEARTBEAT;
-                }
-                if end || self.open_topics == 0 {
-                    break;
-                }
-                if dirty && last_progress.elapsed() >= PROGRESS_EVERY {
-                    self.progress(false).await;
-                    dirty = false;
-                    last_progress = Instant::now();
+                if let Some(t) = d.last_send.take() {
+                    last_send = last_send.max(t);
                 }
             }
+            out.clear();
+            let mut end = false;
+            match next {
+                Next::Closed => break,
+                Next::Timer => {
+                    let now = Instant::now();
+                    // Re-armed for whatever is due next (below, at the loop's top).
+                    timer_at = now + heartbeat;
+                    timer.reset(heartbeat);
+                    if now >= last_send + heartbeat {
+                        out.extend_from_slice(SSE_HEARTBEAT);
+                    }
+                }
+                Next::Ready(ready) => {
+                    for idx in ready {
+                        let Some(sub) = subs.get(idx) else { continue };
+                        if let Some(d) = &sub.direct {
+                            if let Some((frame, at)) = d.pending.take() {
+                                out.extend_from_slice(frame.get(at..).unwrap_or_default());
+                                resubscribe.push(sub.clone());
+                            }
+                        }
+                        let Some((result, first)) = sub.handoff.take() else {
+                            continue;
+                        };
+                        let ev = match &*result {
+                            PollResult::Diff(d) => {
+                                if !first
+                                    && d.next_from_seq == sub.pos.get()
+                                    && d.records.is_empty()
+                                    && d.tombstone.is_none()
+                                {
+                                    resubscribe.push(sub.clone());
+                                    continue;
+                                }
+                                sub.pos.set(d.next_from_seq);
+                                resubscribe.push(sub.clone());
+                                Event::Read {
+                                    diff: d.clone(),
+                                    first,
+                                }
+                            }
+                            PollResult::Deleted => Event::Deleted,
+                            PollResult::Failed(e) => Event::Failed(e.clone()),
+                        };
+                        end |= self.on_event(idx, ev, &mut out);
+                        if let Some(d) = &sub.direct {
+                            d.cursor
+                                .set(self.cursors.get(&sub.topic).copied().unwrap_or(0));
+                            d.live.set(self.live[idx]);
+                        }
+                    }
+                }
+                Next::Shutdown => {
+                    end = true;
+                    let ev = Event::Failed(ShardError::ShuttingDown);
+                    self.on_event(0, ev, &mut out);
+                }
+            }
+            if !out.is_empty() {
+                if sink.send(&out).await.is_err() {
+                    break;
+                }
+                last_send = Instant::now();
+                dirty |= out != SSE_HEARTBEAT;
+            }
+            if end || self.open_topics == 0 {
+                break;
+            }
+            // Batches written: the next ones may come.
+            for sub in resubscribe.drain(..) {
+                sub.subscribe(&self.node);
+            }
+            if dirty && last_progress.elapsed() >= PROGRESS_EVERY {
+                self.progress(false).await;
+                dirty = false;
+                last_progress = Instant::now();
+            }
         }
-        stop.set(true);
-        self.progress(true).await;
     }
 
     async fn progress(&self, close: bool) {
@@ -593,7 +708,7 @@ impl Stream {
             let mut size = 0;
             let mut n = 0;
             for r in rest {
-                size += r.data.len() + r.meta.as_ref().map_or(0, |m| m.len()) + 64;
+                size += reader::record_size(r);
                 if n > 0 && size > max_bytes {
                     break;
                 }
@@ -608,7 +723,6 @@ impl Stream {
                 chunk.last().map_or(from, |r| r.seq)
             };
             self.cursors.insert(topic.to_string(), to);
-            let s = &self.spec;
             let key = FrameKeyRef {
                 cursors: &self.cursors,
                 from,
@@ -616,36 +730,19 @@ impl Stream {
                 head: d.head_seq,
                 first: chunk.first().map_or(0, |r| r.seq),
                 count: chunk.len(),
-                flags: s.include_tags as u8
-                    | (s.include_meta as u8) << 1
-                    | (s.include_data as u8) << 2,
+                flags: self.flags(),
             };
             // Watchers at the same position share one serialisation (not with a node
             // filter, which makes the record set watcher-specific).
-            let cacheable = s.nodes.is_empty();
+            let cacheable = self.spec.nodes.is_empty();
             let cached = if cacheable {
                 frame_cache_get(&key)
             } else {
                 None
             };
             let frame = cached.unwrap_or_else(|| {
-                let mut data = Vec::with_capacity(size + 128);
-                let mut o = Obj::new(&mut data);
-                o.str("topic", topic);
-                write_records(
-                    o.key("records"),
-                    chunk,
-                    s.include_tags,
-                    s.include_meta,
-                    s.include_data,
-                );
-                o.u64("from_seq", from)
-                    .u64("to_seq", to)
-                    .u64("head_seq", d.head_seq);
-                o.end();
                 let id = self.id();
-                let mut frame = Vec::with_capacity(data.len() + id.len() + 32);
-                sse_event(&mut frame, Some(&id), "record", &data);
+                let frame = record_frame(topic, chunk, key.flags, from, to, d.head_seq, &id);
                 let frame = Rc::new(frame);
                 if cacheable {
                     frame_cache_put(key.to_owned(), frame.clone());
