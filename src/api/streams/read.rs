@@ -312,7 +312,16 @@ async fn long_poll(
         From::Pos(p) => p,
     };
     let wait = api.node.global.ds.long_poll_ms;
-    let chunk = read_chunk(api, topic, pos, wait).await?;
+    // A drain does not wait for long-polls: they end with 503 and the client polls again.
+    let read = async { Some(read_chunk(api, topic, pos, wait).await) };
+    let drain = async {
+        api.node.draining().await;
+        None
+    };
+    let Some(chunk) = futures_lite::future::or(read, drain).await else {
+        return Err(ApiError::shutting_down());
+    };
+    let chunk = chunk?;
     let cur = cursor(req.query_param("cursor").as_deref());
     let closed = chunk.info.closed && chunk.up_to_date;
     if chunk.records.is_empty() {
@@ -404,6 +413,15 @@ pub fn base64(data: &[u8]) -> String {
 }
 
 async fn sse(api: &Api, topic: &str, req: &Request, from: From) -> Result<Response, ApiError> {
+    let g = &api.node.global;
+    if g.max_sse_connections > 0
+        && g.sse_connections.load(Ordering::Relaxed) >= g.max_sse_connections
+    {
+        return Err(ApiError::resource_cap(
+            "sse_connections",
+            g.max_sse_connections,
+        ));
+    }
     let info = api.stream_info(topic, true, false).await?;
     let pos = match from {
         From::Now => tail(&info),
@@ -473,12 +491,13 @@ async fn serve_sse(
         };
         let closed = sink.closed();
         let read = async { Some(read_chunk(api, topic, pos, wait).await) };
-        let chunk = match futures_lite::future::or(read, async {
-            closed.await;
+        // The peer going away, or a drain, ends the stream (clients reconnect from the last
+        // control event's offset).
+        let gone = async {
+            futures_lite::future::or(closed, api.node.draining()).await;
             None
-        })
-        .await
-        {
+        };
+        let chunk = match futures_lite::future::or(read, gone).await {
             None => return,
             Some(Err(e)) => {
                 log::debug!("v1 sse: read ended: {}", e.message);
