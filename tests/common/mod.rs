@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod ds;
 pub mod fuzz;
 pub mod model;
 pub mod queue;
