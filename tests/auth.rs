@@ -511,3 +511,157 @@ fn a_watch_session_opens_only_with_the_key_that_created_it() {
         200
     );
 }
+
+/// A raw `/v1` request: status only.
+fn v1(
+    s: &Server,
+    key: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> u16 {
+    let bearer = format!("Bearer {key}");
+    let mut h: Vec<(&str, &str)> = headers.to_vec();
+    if !key.is_empty() {
+        h.push(("Authorization", &bearer));
+    }
+    let body = (method != "GET" && method != "DELETE" && method != "OPTIONS").then_some(body);
+    s.client().request(method, path, &h, body).status
+}
+
+#[test]
+fn durable_streams_follow_scopes_and_prefixes() {
+    let s = authed();
+    let text = [("Content-Type", "text/plain")];
+    assert_eq!(
+        v1(
+            &s,
+            "root-key",
+            "PUT",
+            "/v1/stream/tenant-b/secret",
+            &text,
+            b"s3cret"
+        ),
+        201
+    );
+    assert_eq!(
+        v1(&s, "", "GET", "/v1/stream/tenant-b/secret", &[], b""),
+        401
+    );
+    // Scopes: reading needs read, writing needs write, deleting needs delete.
+    assert_eq!(
+        v1(
+            &s,
+            "reader-key",
+            "GET",
+            "/v1/stream/tenant-b/secret",
+            &[],
+            b""
+        ),
+        200
+    );
+    assert_eq!(
+        v1(
+            &s,
+            "reader-key",
+            "POST",
+            "/v1/stream/tenant-b/secret",
+            &text,
+            b"x"
+        ),
+        403
+    );
+    assert_eq!(
+        v1(
+            &s,
+            "writer-key",
+            "POST",
+            "/v1/stream/tenant-b/secret",
+            &text,
+            b"x"
+        ),
+        204
+    );
+    assert_eq!(
+        v1(
+            &s,
+            "writer-key",
+            "DELETE",
+            "/v1/stream/tenant-b/secret",
+            &[],
+            b""
+        ),
+        403
+    );
+    // Prefixes apply to the stream name.
+    assert_eq!(
+        v1(
+            &s,
+            "tenant-key",
+            "PUT",
+            "/v1/stream/tenant-a/mine",
+            &text,
+            b"ok"
+        ),
+        201
+    );
+    assert_eq!(
+        v1(
+            &s,
+            "tenant-key",
+            "GET",
+            "/v1/stream/tenant-b/secret",
+            &[],
+            b""
+        ),
+        403
+    );
+    // A fork reads its source: a key that may not read the source may not fork it.
+    let fork = [
+        ("Content-Type", "text/plain"),
+        ("Stream-Forked-From", "/v1/stream/tenant-b/secret"),
+    ];
+    assert_eq!(
+        v1(
+            &s,
+            "tenant-key",
+            "PUT",
+            "/v1/stream/tenant-a/copy",
+            &fork,
+            b""
+        ),
+        403
+    );
+    assert_eq!(
+        v1(
+            &s,
+            "tenant-key",
+            "GET",
+            "/v1/stream/tenant-a/copy",
+            &[],
+            b""
+        ),
+        404
+    );
+    let own = [
+        ("Content-Type", "text/plain"),
+        ("Stream-Forked-From", "/v1/stream/tenant-a/mine"),
+    ];
+    assert_eq!(
+        v1(
+            &s,
+            "tenant-key",
+            "PUT",
+            "/v1/stream/tenant-a/copy",
+            &own,
+            b""
+        ),
+        201
+    );
+    // A CORS preflight carries no key and gets no data.
+    assert_eq!(
+        v1(&s, "", "OPTIONS", "/v1/stream/tenant-b/secret", &[], b""),
+        204
+    );
+}

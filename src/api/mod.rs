@@ -287,6 +287,12 @@ impl Api {
                     _ => WRITE,
                 };
                 who.require(need, &[name])?;
+                // A fork reads its source: the key must be allowed to read that too.
+                if let Some(src) = req.header("stream-forked-from") {
+                    let src = src.trim();
+                    let src = src.strip_prefix(streams::PATH_PREFIX).unwrap_or(src);
+                    who.require(READ, &[src.strip_prefix('/').unwrap_or(src)])?;
+                }
                 self.require_ready()?;
             }
             return Ok(streams::handle(self, &req, start).await);
