@@ -106,6 +106,12 @@ impl Client {
     pub fn body(&self) -> &[u8] {
         self.conn.as_ref().map_or(&[], |c| c.body())
     }
+
+    /// The value of header `name` (any case) in the last response, if it has one.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        let conn = self.conn.as_ref()?;
+        header_value(&conn.buf[conn.head_start..conn.head_end], name)
+    }
 }
 
 /// How the body of a response is delimited.
@@ -133,6 +139,9 @@ struct Conn {
     body_end: usize,
     /// The decoded body of a chunked response (`body_start == body_end == usize::MAX`).
     decoded: Vec<u8>,
+    /// Where the head of the last response is in `buf` (valid until the next request).
+    head_start: usize,
+    head_end: usize,
     closed: bool,
 }
 
@@ -148,6 +157,8 @@ impl Conn {
             body_start: 0,
             body_end: 0,
             decoded: Vec::new(),
+            head_start: 0,
+            head_end: 0,
             closed: false,
         })
     }
@@ -161,6 +172,8 @@ impl Conn {
     }
 
     async fn round_trip(&mut self, req: &[u8]) -> io::Result<u16> {
+        self.head_start = 0;
+        self.head_end = 0;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -189,17 +202,20 @@ impl Conn {
                 }
                 self.body_start = self.start + body_rel;
                 self.body_end = self.start + total;
+                (self.head_start, self.head_end) = (self.start, self.start + body_rel);
                 self.start += total;
             }
             Framing::Chunked => {
                 let consumed = self.read_chunked(body_rel).await?;
                 self.body_start = usize::MAX;
+                (self.head_start, self.head_end) = (self.start, self.start + body_rel);
                 self.start += consumed;
             }
             Framing::UntilClose => {
                 while self.read_some(0).await? > 0 {}
                 self.body_start = self.start + body_rel;
                 self.body_end = self.end;
+                (self.head_start, self.head_end) = (self.start, self.start + body_rel);
                 self.start = self.end;
                 self.closed = true;
             }
@@ -326,6 +342,17 @@ pub fn response_head(bytes: &[u8]) -> io::Result<Option<(u16, usize)>> {
     Ok(parse_head(bytes)?.map(|h| (h.status, h.len)))
 }
 
+/// The value of header `name` in a complete response head.
+fn header_value<'a>(head: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(head).ok()?;
+    resp.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
@@ -406,6 +433,18 @@ mod tests {
     }
 
     #[test]
+    fn finds_header_values() {
+        let head = b"HTTP/1.1 200 OK\r\nStream-Next-Offset: 0000000000000000_0000000000000042\r\n\
+                     stream-up-to-date: true\r\n\r\n";
+        assert_eq!(
+            header_value(head, "stream-next-offset"),
+            Some(&b"0000000000000000_0000000000000042"[..])
+        );
+        assert_eq!(header_value(head, "Stream-Up-To-Date"), Some(&b"true"[..]));
+        assert_eq!(header_value(head, "etag"), None);
+    }
+
+    #[test]
     fn scans_numbers() {
         let body = br#"{"records":[{"data":{"fsync_ms":9}}],"next_from_seq": 42,"performance":{"server_total_ms":0.024,"fsync_ms":0}}"#;
         assert_eq!(json_u64(body, "next_from_seq"), Some(42));
@@ -461,6 +500,9 @@ mod tests {
                 for _ in 0..5 {
                     let status = c.send(&req).await.unwrap();
                     got.push((status, String::from_utf8_lossy(c.body()).into_owned()));
+                    if status == 404 {
+                        assert_eq!(c.header("Content-Length"), Some(&b"2"[..]));
+                    }
                 }
                 got
             })

@@ -11,6 +11,9 @@
 //! topics-load --workload diff-range --topics 1000 --limit 1000 --connections 8
 //! topics-load --workload queue-rt --durability fsync --connections 16 --claim-max 1 --cpu 1
 //! topics-load --workload queue-latency --rate 5000 --connections 16 --cpu 1
+//! topics-load --workload ds-append --connections 64 --topics 100 --cpu 1
+//! topics-load --workload ds-fanout --watchers 1000 --rate 1000 --cpu 1
+//! topics-load --workload ds-catchup --records 1000000 --batch 1000 --connections 8 --cpu 1
 //! ```
 
 mod client;
@@ -67,24 +70,25 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub warmup_secs: f64,
     /// Concurrent connections [default: append and topics 64, append-batch 16, diff 1; ack-latency and
-    /// router are 1; fanout and watch-idle: streams opened concurrently, 32; queue-rt and
-    /// queue-latency: workers, 16].
+    /// router are 1; fanout, watch-idle and ds-fanout: streams opened concurrently, 32; queue-rt and
+    /// queue-latency: workers, 16; ds-append 64; ds-catchup: readers, 8].
     #[arg(long)]
     pub connections: Option<usize>,
     /// Number of topics the `append`, `topics` and `fill` workloads spread their writes over,
-    /// and that `diff-range` reads [default: append 100, topics 100000, fill and diff-range
-    /// 1000].
+    /// and that `diff-range` reads; streams `ds-append` spreads over [default: append and
+    /// ds-append 100, topics 100000, fill and diff-range 1000].
     #[arg(long)]
     pub topics: Option<usize>,
     /// Records the `fill` workload writes in all, spread evenly over `--topics` [default:
     /// 1000 per topic]; jobs `queue-rt` pre-fills its queue with [default: enough for 20,000
-    /// round trips/s (× --claim-max, up to 8) over warm-up + run, at least 100,000].
+    /// round trips/s (× --claim-max, up to 8) over warm-up + run, at least 100,000]; records
+    /// `ds-catchup`'s stream is filled to [default: 1,000,000].
     #[arg(long)]
     pub records: Option<u64>,
     /// Commit class of the written topics [default: disk; ack-latency: both].
     #[arg(long, value_enum)]
     pub durability: Option<Durability>,
-    /// Records per request (append-batch, fill).
+    /// Records per request (append-batch, fill, ds-catchup's fill).
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Size of each record's `data` JSON, in bytes.
@@ -100,11 +104,13 @@ pub struct Args {
     /// last N (the head); at most half of the shortest topic.
     #[arg(long, default_value_t = 5000)]
     pub span: u64,
-    /// Watch streams [default: fanout 1000, watch-idle 10000].
+    /// Watch streams [default: fanout 1000, watch-idle 10000]; SSE subscribers of ds-fanout
+    /// [default: 1000].
     #[arg(long)]
     pub watchers: Option<usize>,
-    /// Records per second the fanout writer and the queue-latency producer append (one record
-    /// per POST, paced) [default: fanout 1000, queue-latency 5000].
+    /// Records per second the fanout and ds-fanout writers and the queue-latency producer
+    /// append (one record per POST, paced) [default: fanout and ds-fanout 1000, queue-latency
+    /// 5000].
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
     /// Jobs per claim (queue-rt acks them all in one call) [default: queue-rt 1,

@@ -114,7 +114,7 @@ impl Report {
 /// `append fsync: 12345.6 records/s 12345.6 req/s  p50 850 µs  p99 2100 µs  p999 4000 µs  errors 0`
 fn human_line(workload: &str, run: &Run) -> String {
     let f = &run.figures;
-    if matches!(workload, "fanout" | "watch-idle" | "router") {
+    if matches!(workload, "fanout" | "watch-idle" | "router" | "ds-fanout") {
         let all: Vec<String> = f.iter().map(|(k, v)| format!("{k} {}", plain(v))).collect();
         return format!("{workload} {}: {}", run.name, all.join("  "));
     }
@@ -196,6 +196,9 @@ fn human_line(workload: &str, run: &Run) -> String {
         "rss_peak_mib",
         "verified",
         "oldest_over_head",
+        "mb_per_s",
+        "readers_complete",
+        "pass_max_us",
         "first_error",
     ] {
         if let Some(v) = f.get(key) {

@@ -65,10 +65,16 @@ pub struct WatchStream {
 impl WatchStream {
     /// Opens the stream and reads the response head; anything but `200` is an error.
     pub async fn connect(target: &Target, wid: &str, buf_size: usize) -> io::Result<WatchStream> {
+        Self::open(target, &format!("/v0/watch/{wid}"), buf_size).await
+    }
+
+    /// Opens any SSE resource (`GET path`, e.g. a `/v1/stream/...?live=sse` read) and reads
+    /// the response head; anything but `200` is an error.
+    pub async fn open(target: &Target, path: &str, buf_size: usize) -> io::Result<WatchStream> {
         let stream = TcpStream::connect(target.addr).await?;
         stream.set_nodelay(true)?;
         let req = format!(
-            "GET /v0/watch/{wid} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
             target.host
         );
         let mut s = WatchStream {
@@ -82,7 +88,7 @@ impl WatchStream {
                 if status != 200 {
                     let text = String::from_utf8_lossy(&s.buf[len..s.end]).into_owned();
                     return Err(io::Error::other(format!(
-                        "GET /v0/watch: HTTP {status}: {text}"
+                        "GET {path}: HTTP {status}: {text}"
                     )));
                 }
                 s.consume(len);

@@ -8,6 +8,10 @@ pub mod append;
 pub mod append_batch;
 pub mod diff;
 pub mod diff_range;
+pub mod ds;
+pub mod ds_append;
+pub mod ds_catchup;
+pub mod ds_fanout;
 pub mod fanout;
 pub mod fill;
 pub mod many_topics;
@@ -59,6 +63,15 @@ pub enum Workload {
     /// A producer appending jobs at a steady rate and W long-polling workers: end-to-end job
     /// latency, and that every job is delivered exactly once (issue 6).
     QueueLatency,
+    /// Durable Streams: single-record JSON appends from many connections over many streams
+    /// (issue 8).
+    DsAppend,
+    /// Durable Streams: S `live=sse` subscribers on one stream and a writer at a fixed
+    /// rate: append-ack → event latency and delivery (issue 8).
+    DsFanout,
+    /// Durable Streams: a pre-filled stream read from the start by C connections at once with
+    /// catch-up paging: records/s and MB/s (issue 8).
+    DsCatchup,
 }
 
 impl Workload {
@@ -76,6 +89,9 @@ impl Workload {
             Workload::DiffRange => "diff-range",
             Workload::QueueRt => "queue-rt",
             Workload::QueueLatency => "queue-latency",
+            Workload::DsAppend => "ds-append",
+            Workload::DsFanout => "ds-fanout",
+            Workload::DsCatchup => "ds-catchup",
         }
     }
 }
@@ -94,6 +110,9 @@ pub fn run(args: &Args, target: &Target) -> Result<Report, String> {
         Workload::DiffRange => diff_range::run(args, target),
         Workload::QueueRt => queue_rt::run(args, target),
         Workload::QueueLatency => queue_latency::run(args, target),
+        Workload::DsAppend => ds_append::run(args, target),
+        Workload::DsFanout => ds_fanout::run(args, target),
+        Workload::DsCatchup => ds_catchup::run(args, target),
     }
 }
 
