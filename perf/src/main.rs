@@ -16,6 +16,7 @@
 //! topics-load --workload ds-catchup --records 1000000 --batch 1000 --connections 8 --cpu 1
 //! ```
 
+mod busy;
 mod client;
 mod exec;
 mod procfs;
@@ -33,6 +34,13 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use crate::client::Target;
 use crate::exec::{Cpus, Pin};
 use crate::workloads::Workload;
+
+/// The client I/O of closed-loop workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Io {
+    Glommio,
+    BusyPoll,
+}
 
 /// Commit class of the topics a workload writes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -146,6 +154,11 @@ pub struct Args {
     /// of latency figures at the price of a spinning core).
     #[arg(long, default_value_t = 0)]
     pub spin_us: u64,
+    /// How closed-loop workloads (append, ds-append) drive their connections: `glommio`
+    /// executors (io_uring), or `busy-poll` threads that never park, so that the server's
+    /// responses never have to wake a sleeping client (see perf/src/busy.rs).
+    #[arg(long, value_enum, default_value_t = Io::Glommio)]
+    pub io: Io,
     /// Prefix of the topic names the workloads create.
     #[arg(long, default_value = "load")]
     pub topic_prefix: String,

@@ -178,6 +178,9 @@ pub fn params(args: &Args, connections: usize) -> Map<String, Value> {
     m.insert("warmup_s".into(), json!(args.warmup_secs));
     m.insert("record_bytes".into(), json!(args.record_bytes));
     m.insert("executors".into(), json!(args.cpus().describe()));
+    if args.io == crate::Io::BusyPoll {
+        m.insert("io".into(), json!("busy-poll"));
+    }
     m
 }
 
@@ -270,6 +273,9 @@ pub fn closed_loop(
     target: &Target,
     plan: ClosedLoop,
 ) -> Result<(Recorder, Duration), String> {
+    if args.io == crate::Io::BusyPoll {
+        return crate::busy::closed_loop(args, target.addr, plan);
+    }
     let plan = Arc::new(plan);
     let window = Window::new(args.warmup(), args.duration());
     let target = target.clone();

@@ -153,6 +153,9 @@ pub async fn open(
         block_start: tail.pos / ALIGN * ALIGN,
         block: tail.block,
         next: None,
+        // What the previous run wrote may still sit in the device's cache: the first
+        // commit's fdatasync covers it too.
+        unsynced: true,
     };
     // The first frame of every run records its epoch, overwriting whatever torn bytes
     // followed the last valid frame.
