@@ -8,13 +8,16 @@
 #   scripts/ds-load.sh                 # ds-append, ds-fanout (1,000 subscribers), ds-catchup
 #   REPEAT=1 DURATION=5 scripts/ds-load.sh
 #   ROWS=append scripts/ds-load.sh     # only some rows: append fanout catchup
+#   REFERENCE=1 scripts/ds-load.sh     # the same rows against Electric's durable-streams
+#                                      # server (crates.io durable-streams 0.1.5, installed
+#                                      # under $CARGO_TARGET_DIR/ds-reference), same pinning
 #
 # Environment: DURATION (10 s per measured run), WARMUP (1), REPEAT (3 runs per row; the table
 # gives the median of each figure), CONNECTIONS (64) and STREAMS (100) for ds-append,
 # SUBSCRIBERS (1000) and RATE (1000 records/s) for ds-fanout, CATCHUP_RECORDS (1000000),
 # CATCHUP_BATCH (1000 records per fill POST) and CATCHUP_READERS ("1 8") for ds-catchup, PORT
 # (4790), OUT_DIR (perf/results), CARGO_TARGET_DIR (target), LOAD_ARGS (extra topics-load flags),
-# SERVER_ARGS (extra server flags), QUIET_WAIT (60: seconds to wait before each run for other
+# OUT_NAME (ds-latest; ds-reference with REFERENCE=1), SERVER_ARGS (extra server flags), QUIET_WAIT (60: seconds to wait before each run for other
 # work on the machine to stop), TOPICS_SERVER (a prebuilt server binary instead of the
 # workspace's; TOPICS_SERVER_COMMIT names its commit), ROWS ("append fanout catchup").
 set -euo pipefail
@@ -32,6 +35,8 @@ CATCHUP_BATCH=${CATCHUP_BATCH:-1000}
 CATCHUP_READERS=${CATCHUP_READERS:-1 8}
 PORT=${PORT:-4790}
 OUT_DIR=${OUT_DIR:-$ROOT/perf/results}
+OUT_NAME=${OUT_NAME:-ds-latest}
+[ "${REFERENCE:-0}" = 1 ] && [ "$OUT_NAME" = ds-latest ] && OUT_NAME=ds-reference
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 LOAD_ARGS=${LOAD_ARGS:-}
 SERVER_ARGS=${SERVER_ARGS:-}
@@ -41,7 +46,7 @@ ROWS=${ROWS:-append fanout catchup}
 COMMAND="REPEAT=$REPEAT DURATION=$DURATION${ROWS_GIVEN:+ ROWS=\"$ROWS_GIVEN\"} scripts/ds-load.sh${*:+ $*}"
 
 case "${1:-}" in
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     "") ;;
     *) echo "ds-load.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
 esac
@@ -73,6 +78,17 @@ if [ "$(ulimit -n)" -lt $((SUBSCRIBERS + 256)) ]; then
     exit 1
 fi
 
+REF_VERSION=${REF_VERSION:-0.1.5}
+if [ "${REFERENCE:-0}" = 1 ]; then
+    REF_ROOT=$TARGET_DIR/ds-reference
+    if [ ! -x "$REF_ROOT/bin/durable-streams-server" ]; then
+        log "installing the reference server (cargo install --locked durable-streams@$REF_VERSION)"
+        CARGO_TARGET_DIR=$TARGET_DIR/ds-reference-build cargo install --quiet --locked \
+            "durable-streams@$REF_VERSION" --root "$REF_ROOT"
+    fi
+    TOPICS_SERVER=$REF_ROOT/bin/durable-streams-server
+    TOPICS_SERVER_COMMIT="crates.io durable-streams $REF_VERSION (the reference, not topics)"
+fi
 if [ -n "${TOPICS_SERVER:-}" ]; then
     log "building the load generator (cargo build --release -p perf, CARGO_TARGET_DIR=$TARGET_DIR)"
     (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p perf --quiet)
@@ -100,18 +116,27 @@ trap 'exit 130' INT TERM
 
 # start_server: a fresh data dir, the server pinned to CPU 0 with one shard, wait for ready.
 start_server() {
-    if curl -fs "$TARGET_URL/v0/ready" >/dev/null 2>&1; then
+    if curl -s -o /dev/null "$TARGET_URL/" 2>/dev/null; then
         log "something already answers on port $PORT; set PORT="
         exit 1
     fi
     DATA_DIR=$(mktemp -d "$WORK/data.XXXXXX")
-    # shellcheck disable=SC2086
-    taskset -c 0 "$SERVER" --port "$PORT" --data-dir "$DATA_DIR" --shards 1 $SERVER_ARGS \
-        >>"$WORK/server.log" 2>&1 &
+    if [ "${REFERENCE:-0}" = 1 ]; then
+        # shellcheck disable=SC2086
+        taskset -c 0 "$SERVER" --port "$PORT" --data-dir "$DATA_DIR" $SERVER_ARGS \
+            >>"$WORK/server.log" 2>&1 &
+        SERVER_CMD="ulimit -n $(ulimit -n); taskset -c 0 durable-streams-server --port $PORT --data-dir <fresh tmp>${SERVER_ARGS:+ $SERVER_ARGS}"
+    else
+        # shellcheck disable=SC2086
+        taskset -c 0 "$SERVER" --port "$PORT" --data-dir "$DATA_DIR" --shards 1 $SERVER_ARGS \
+            >>"$WORK/server.log" 2>&1 &
+        SERVER_CMD="ulimit -n $(ulimit -n); taskset -c 0 topics --port $PORT --data-dir <fresh tmp> --shards 1${SERVER_ARGS:+ $SERVER_ARGS}"
+    fi
     SERVER_PID=$!
-    SERVER_CMD="ulimit -n $(ulimit -n); taskset -c 0 topics --port $PORT --data-dir <fresh tmp> --shards 1${SERVER_ARGS:+ $SERVER_ARGS}"
     for _ in $(seq 1 300); do
-        curl -fs "$TARGET_URL/v0/ready" >/dev/null 2>&1 && return 0
+        # Up once a missing stream answers 404 (both servers speak /v1).
+        [ "$(curl -s -o /dev/null -w '%{http_code}' -I "$TARGET_URL/v1/stream/ds-load-probe")" = 404 ] &&
+            return 0
         kill -0 "$SERVER_PID" 2>/dev/null || break
         sleep 0.1
     done
@@ -231,7 +256,7 @@ jq -s --arg date "$DATE" --arg nproc "$NPROC" --arg model "$MODEL" --arg kernel 
                   busy_pct_before: ($busy | tonumber), busy_pct_after: ($busy_after | tonumber)},
         commit: $commit, command: $command, duration_s: ($duration | tonumber),
         repeat: ($repeat | tonumber), reports: .
-    }' "$RUNS" >"$OUT_DIR/ds-latest.json"
+    }' "$RUNS" >"$OUT_DIR/$OUT_NAME.json"
 
 # The table: one line per row, each figure the median over the row's runs (min–max beside the
 # headline figure). Targets (issue 8): ds-append ≥ 1.2 × 65,000 = 78,000 appends/s; ds-fanout
@@ -289,6 +314,6 @@ def m($k): map(.[$k]) | median;
  | . + [($rs | cores), ($runs | map(.errors) | add | tostring)]
  | "| " + join(" | ") + " |")
 '
-jq -r "$TABLE_JQ" "$OUT_DIR/ds-latest.json" >"$OUT_DIR/ds-latest.md"
-cat "$OUT_DIR/ds-latest.md"
-log "wrote $OUT_DIR/ds-latest.md and $OUT_DIR/ds-latest.json"
+jq -r "$TABLE_JQ" "$OUT_DIR/$OUT_NAME.json" >"$OUT_DIR/$OUT_NAME.md"
+cat "$OUT_DIR/$OUT_NAME.md"
+log "wrote $OUT_DIR/$OUT_NAME.md and $OUT_DIR/$OUT_NAME.json"
