@@ -223,6 +223,18 @@ pub fn page(req: &Request) -> Result<(usize, Option<String>), ApiError> {
     Ok((page_size, after))
 }
 
+/// Refuses one more SSE stream past `--max-sse-connections` (`429 throttled`).
+pub fn sse_slot(g: &crate::runtime::Global) -> Result<(), ApiError> {
+    let open = g.sse_connections.load(std::sync::atomic::Ordering::Relaxed);
+    if g.max_sse_connections > 0 && open >= g.max_sse_connections {
+        return Err(ApiError::resource_cap(
+            "sse_connections",
+            g.max_sse_connections,
+        ));
+    }
+    Ok(())
+}
+
 pub fn query_bool(req: &Request, name: &str, default: bool) -> Result<bool, ApiError> {
     match req.query_param(name).as_deref() {
         None => Ok(default),

@@ -251,15 +251,7 @@ pub async fn work(api: &Api, topic: String, req: &Request) -> ApiResult {
     };
     let max = num("max")?.unwrap_or(1).clamp(1, MAX_CLAIM as u64) as usize;
     let lease_ms = num("lease_ms")?;
-    let g = &api.node.global;
-    if g.max_sse_connections > 0
-        && g.sse_connections.load(Ordering::Relaxed) >= g.max_sse_connections
-    {
-        return Err(ApiError::resource_cap(
-            "sse_connections",
-            g.max_sse_connections,
-        ));
-    }
+    super::sse_slot(&api.node.global)?;
     // Fail now, with a status, if the topic is missing or not a queue.
     let probe = Command::Queue(QueueCmd {
         topic: topic.clone(),

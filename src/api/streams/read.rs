@@ -218,6 +218,32 @@ fn base_response(status: u16, info: &StreamInfo) -> Response {
     }
 }
 
+/// A `200` answer for `chunk` read from `pos`: its headers (without the body), and its ETag.
+fn data_response(chunk: &Chunk, pos: u64) -> (Response, String) {
+    let closed = chunk.info.closed && chunk.up_to_date;
+    let etag = format!(
+        "\"{}:{}:{}{}\"",
+        chunk.info.created_ms,
+        offset(pos),
+        offset(chunk.next),
+        if closed { ":c" } else { "" }
+    );
+    let mut resp = base_response(200, &chunk.info);
+    resp.headers
+        .push(("stream-next-offset", offset(chunk.next)));
+    if chunk.up_to_date {
+        resp.headers.push(("stream-up-to-date", "true".into()));
+    }
+    if closed {
+        resp.headers.push(("stream-closed", "true".into()));
+    }
+    resp.headers.push((
+        "cache-control",
+        "public, max-age=60, stale-while-revalidate=300".into(),
+    ));
+    (resp, etag)
+}
+
 pub async fn get(api: &Api, topic: &str, req: &Request) -> Result<Response, ApiError> {
     let offsets = query_all(req, "offset");
     if offsets.len() > 1 {
@@ -266,27 +292,7 @@ async fn catch_up(api: &Api, topic: &str, req: &Request, from: From) -> Result<R
         From::Pos(p) => p,
     };
     let chunk = read_chunk(api, topic, pos, 0).await?;
-    let closed = chunk.info.closed && chunk.up_to_date;
-    let etag = format!(
-        "\"{}:{}:{}{}\"",
-        chunk.info.created_ms,
-        offset(pos),
-        offset(chunk.next),
-        if closed { ":c" } else { "" }
-    );
-    let mut resp = base_response(200, &chunk.info);
-    resp.headers
-        .push(("stream-next-offset", offset(chunk.next)));
-    if chunk.up_to_date {
-        resp.headers.push(("stream-up-to-date", "true".into()));
-    }
-    if closed {
-        resp.headers.push(("stream-closed", "true".into()));
-    }
-    resp.headers.push((
-        "cache-control",
-        "public, max-age=60, stale-while-revalidate=300".into(),
-    ));
+    let (mut resp, etag) = data_response(&chunk, pos);
     if req
         .header("if-none-match")
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
@@ -336,27 +342,9 @@ async fn long_poll(
         }
         return Ok(resp);
     }
-    let etag = format!(
-        "\"{}:{}:{}\"",
-        chunk.info.created_ms,
-        offset(pos),
-        offset(chunk.next)
-    );
-    let mut resp = base_response(200, &chunk.info);
-    resp.headers
-        .push(("stream-next-offset", offset(chunk.next)));
-    if chunk.up_to_date {
-        resp.headers.push(("stream-up-to-date", "true".into()));
-    }
-    if closed {
-        resp.headers.push(("stream-closed", "true".into()));
-    }
+    let (mut resp, etag) = data_response(&chunk, pos);
     resp.headers.push(("stream-cursor", cur));
     resp.headers.push(("etag", etag));
-    resp.headers.push((
-        "cache-control",
-        "public, max-age=60, stale-while-revalidate=300".into(),
-    ));
     resp.body = body(&chunk.info.meta.content_type, &chunk.records);
     Ok(resp)
 }
@@ -431,15 +419,7 @@ pub fn base64(data: &[u8]) -> String {
 }
 
 async fn sse(api: &Api, topic: &str, req: &Request, from: From) -> Result<Response, ApiError> {
-    let g = &api.node.global;
-    if g.max_sse_connections > 0
-        && g.sse_connections.load(Ordering::Relaxed) >= g.max_sse_connections
-    {
-        return Err(ApiError::resource_cap(
-            "sse_connections",
-            g.max_sse_connections,
-        ));
-    }
+    crate::api::sse_slot(&api.node.global)?;
     let info = api.stream_info(topic, true, false).await?;
     let pos = match from {
         From::Now => tail(&info),

@@ -251,15 +251,7 @@ pub async fn open(api: &Api, wid: String, req: &Request, who: &Principal) -> Api
             Some(parse_event_id(&id).ok_or_else(|| ApiError::invalid("malformed Last-Event-ID"))?)
         }
     };
-    let g = &api.node.global;
-    if g.max_sse_connections > 0
-        && g.sse_connections.load(Ordering::Relaxed) >= g.max_sse_connections
-    {
-        return Err(ApiError::resource_cap(
-            "sse_connections",
-            g.max_sse_connections,
-        ));
-    }
+    crate::api::sse_slot(&api.node.global)?;
     let owner = shard_for(&wid, api.node.shards());
     let spec = match api
         .node
