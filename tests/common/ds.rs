@@ -247,3 +247,32 @@ pub fn long_poll(port: u16, name: &str, off: &str, timeout: Duration) -> io::Res
         None,
     )
 }
+
+pub const TEXT: &str = "text/plain";
+pub const JSON: &str = "application/json";
+
+/// Short long-polls, so that nothing here waits long for a poll to time out.
+pub const FLAGS: [&str; 2] = ["--ds-long-poll-ms", "500"];
+
+pub fn flags_with<'a>(more: &[&'a str]) -> Vec<&'a str> {
+    let mut f = FLAGS.to_vec();
+    f.extend_from_slice(more);
+    f
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts a response's status, with the response in the message.
+#[track_caller]
+pub fn expect(r: &Resp, status: u16, what: &str) {
+    assert_eq!(
+        r.status,
+        status,
+        "{what}: expected {status}, got {} {:?} {}",
+        r.status,
+        r.headers,
+        r.text()
+    );
+}
