@@ -17,6 +17,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
 RATE=${RATE:-1000}
@@ -127,31 +129,9 @@ server_rss_mib() {
     awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$SERVER_PID/status" 2>/dev/null || echo null
 }
 
-cpu_busy_pct() {
-    local a b
-    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
-    echo "$a $b" | awk '{d = $4 - $2; printf "%.0f", (d > 0 ? 100 * ($3 - $1) / d : 0)}'
-}
 
-# wait_quiet: wait up to QUIET_WAIT seconds for other work to stop (< 10% busy), then run.
-wait_quiet() {
-    local deadline=$((SECONDS + QUIET_WAIT)) busy
-    while :; do
-        busy=$(cpu_busy_pct)
-        [ "$busy" -le 10 ] && return 0
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            log "machine still ${busy}% busy with other work; running anyway"
-            return 0
-        fi
-        log "machine ${busy}% busy with other work; waiting (QUIET_WAIT=$QUIET_WAIT)"
-        sleep 2
-    done
-}
 
 server_ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$SERVER_PID/stat" 2>/dev/null || echo 0; }
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 
 # run WORKLOAD-ARGS...: a fresh server, one topics-load invocation on CPU 1, its JSON kept with
 # the exact command, the server's RSS afterwards and where the CPU went meanwhile. An argument

@@ -20,6 +20,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
 PRELOAD=${PRELOAD:-1000000}
@@ -67,14 +69,6 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 fi
 
-# cpu_busy_pct: how busy all CPUs are over one second (other work skews every figure).
-cpu_busy_pct() {
-    local a b
-    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
-    echo "$a $b" | awk '{d = $4 - $2; printf "%.0f", (d > 0 ? 100 * ($3 - $1) / d : 0)}'
-}
 
 if [ -n "$URL" ] || [ -n "${TOPICS_SERVER:-}" ]; then
     log "building the load generator (cargo build --release -p perf)"
@@ -187,21 +181,6 @@ NGINX_CONF
     exit 1
 }
 
-# wait_quiet: on a shared machine, wait up to QUIET_WAIT seconds for other work to stop
-# (less than 10% of the CPUs busy over a second) before a run; then run anyway.
-wait_quiet() {
-    local deadline=$((SECONDS + QUIET_WAIT)) busy
-    while :; do
-        busy=$(cpu_busy_pct)
-        [ "$busy" -le 10 ] && return 0
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            log "machine still ${busy}% busy with other work; running anyway"
-            return 0
-        fi
-        log "machine ${busy}% busy with other work; waiting (QUIET_WAIT=$QUIET_WAIT)"
-        sleep 2
-    done
-}
 
 # CPU time in USER_HZ ticks: of the server process (all its threads, io_uring workers
 # included), and of the whole machine (user, nice, system, irq, softirq).
@@ -212,7 +191,6 @@ server_ticks() {
         echo 0
     fi
 }
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 
 # run SETUP LOAD-PLACEMENT... -- WORKLOAD-ARGS...: one topics-load invocation, its JSON kept
 # with the setup label, the exact command, and where the CPU went meanwhile (server, load

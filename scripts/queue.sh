@@ -23,6 +23,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
 WORKERS=${WORKERS:-16}
@@ -60,14 +62,6 @@ if [ "$(nproc)" -lt 2 ]; then
     exit 1
 fi
 
-# cpu_busy_pct: how busy all CPUs are over one second (other work skews every figure).
-cpu_busy_pct() {
-    local a b
-    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
-    echo "$a $b" | awk '{d = $4 - $2; printf "%.0f", (d > 0 ? 100 * ($3 - $1) / d : 0)}'
-}
 
 if [ -n "${TOPICS_SERVER:-}" ]; then
     log "building the load generator (cargo build --release -p perf)"
@@ -167,7 +161,6 @@ server_ticks() {
         echo 0
     fi
 }
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 
 # run CLASS WORKLOAD-ARGS...: one topics-load invocation on a fresh server; its JSON is kept
 # with the class, the exact command, the machine's busy share just before, and where the CPU

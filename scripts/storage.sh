@@ -40,6 +40,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 RECORDS=${RECORDS:-20000000}
 TOPICS=${TOPICS:-1000}
 MANY_TOPICS=${MANY_TOPICS:-1000000}
@@ -164,13 +166,6 @@ fig() {
 }
 figs() { jq -r "$1" "$FIGS"; }
 
-cpu_busy_pct() {
-    local a b
-    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
-    echo "$a $b" | awk '{d = $4 - $2; printf "%.0f", (d > 0 ? 100 * ($3 - $1) / d : 0)}'
-}
 
 # wait_quiet PHASE: waits up to QUIET_WAIT seconds for the machine (beyond our idle server) to
 # be less than 10% busy; records how busy it was when the phase started.

@@ -87,7 +87,10 @@ impl Shard {
                 topic: source,
                 delta: -1,
             });
-            let _ = remote.call(shard, cmd).await;
+            if let Reply::Err(e) = remote.call(shard, cmd).await {
+                // The source keeps an extra reference: it outlives its last fork.
+                log::warn!("stream: giving back a fork's reference on its source failed: {e:?}");
+            }
         })
         .detach();
     }

@@ -2,8 +2,8 @@
 
 use super::read::read_level;
 use super::{
-    bad, body_records, header_true, offset, parse_offset, record, strict_uint, tail, topic_of,
-    From, PATH_PREFIX,
+    bad, body_records, header_true, parse_offset, record, strict_uint, tail, topic_of, From,
+    PATH_PREFIX,
 };
 use crate::api::{Api, ApiError};
 use crate::http::{Request, Response};
@@ -241,7 +241,10 @@ pub async fn create(api: &Api, topic: &str, req: &Request) -> Result<Response, A
             topic: src.clone(),
             delta: -1,
         });
-        let _ = api.node.call_topic(src, cmd).await;
+        if let shards::Reply::Err(e) = api.node.call_topic(src, cmd).await {
+            // The source keeps an extra reference: it outlives its last fork.
+            log::warn!("v1: giving back a fork's reference on its source failed: {e:?}");
+        }
     }
     let Reply::Stream(StreamReply::Info(info)) = result? else {
         return Err(crate::api::unexpected());
@@ -259,7 +262,6 @@ pub async fn create(api: &Api, topic: &str, req: &Request) -> Result<Response, A
             .push(("location", format!("http://{host}{}", req.path)));
     }
     super::meta_headers(&mut resp, &info);
-    let _ = offset;
     Ok(resp)
 }
 
