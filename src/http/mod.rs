@@ -26,8 +26,8 @@ pub use conn::serve_connection;
 pub use response::{status_reason, write_response};
 #[allow(unused_imports)]
 pub use sse::{
-    sse_event, Closed, DirectWriter, SseSink, StreamBody, SSE_CONTENT_TYPE, SSE_HEARTBEAT,
-    SSE_RETRY,
+    sse_event, sse_event_compact, Closed, DirectWriter, SseSink, StreamBody, SSE_CONTENT_TYPE,
+    SSE_HEARTBEAT, SSE_RETRY,
 };
 
 /// One parsed request, body fully read and de-chunked.
